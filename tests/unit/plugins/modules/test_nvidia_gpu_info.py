@@ -97,7 +97,7 @@ def test_mig_instances_with_uuids(sim, run):
         (1, "3g.40gb", {"start": 0, "size": 4}), (2, "3g.40gb", {"start": 4, "size": 4})]
     assert [(ci["id"], ci["profile"], ci["slices"]) for ci in instances[0]["compute_instances"]] == [(0, "3g.40gb", 3)]
     assert [(ci["profile"], ci["placement"]["start"]) for ci in instances[1]["compute_instances"]] == [
-        ("1c.3g.40gb", 0), ("2c.3g.40gb", 2)]
+        ("2c.3g.40gb", 0), ("1c.3g.40gb", 2)]
     state_uuids = sorted(ci["uuid"] for gi in sim.gpu()["gpu_instances"] for ci in gi["compute_instances"])
     assert sorted(ci["uuid"] for gi in instances for ci in gi["compute_instances"]) == state_uuids
 
