@@ -33,10 +33,15 @@ unit: venv collection-link
 
 # ansible-test needs the collection at .../ansible_collections/gpuops/nvidia: copy what git would ship.
 sanity: venv
+	@for v in $$(grep -ho "pip='[0-9.]*'" $(VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | cut -d"'" -f2); do \
+		mkdir -p ~/.ansible/test/cache && cp .ci/get_pip_offline.py ~/.ansible/test/cache/get_pip_$${v//./_}.py; done
 	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
 	git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents -d {} $(SANITY_ROOT)/ 2>/dev/null || true
 	cd $(SANITY_ROOT) && git init -q && git add -A >/dev/null
-	cd $(SANITY_ROOT) && PATH=$(CURDIR)/$(BIN):$$PATH PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(9|1[0-3])\.' | tr '\n' ':' | sed 's/:$$//') \
+	@mkdir -p .build/pythons && for v in 3.9 3.10 3.11 3.12 3.13; do \
+		p=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python$$v 2>/dev/null | tail -n1); \
+		if [ -n "$$p" ]; then ln -sfn "$$p" .build/pythons/python$$v; else echo "note: no Python $$v for multi-version sanity"; fi; done
+	cd $(SANITY_ROOT) && PATH=$(CURDIR)/.build/pythons:$(CURDIR)/$(BIN):/usr/local/bin:/usr/bin:/bin \
 		$(CURDIR)/$(BIN)/ansible-test sanity --color=no --requirements
 
 lint: venv collection-link
