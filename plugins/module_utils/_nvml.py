@@ -1,0 +1,312 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The one seam between the collection and NVML (pynvml). Plain Python: no Ansible imports.
+
+Everything that talks to the GPU goes through `NvmlSession`: it pairs nvmlInit/nvmlShutdown, finds GPUs by
+index, UUID or PCI bus id, applies the common device selector, and turns pynvml's exceptions into one
+`NvmlError` whose message says what went wrong and what to do about it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+import traceback
+
+try:
+    import pynvml
+except ImportError:
+    pynvml = None
+    PYNVML_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYNVML_IMPORT_ERROR = None
+
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+_KINDS = {
+    1: "uninitialized",
+    2: "invalid_argument",
+    3: "not_supported",
+    4: "no_permission",
+    6: "not_found",
+    7: "insufficient_size",
+    9: "driver_not_loaded",
+    12: "library_missing",
+    13: "function_not_found",
+    15: "gpu_lost",
+    16: "reset_required",
+    19: "in_use",
+    23: "insufficient_resources",
+}
+
+PCI_DEVICE_ID_PATTERN = re.compile(r"^0x[0-9a-fA-F]{8}(:0x[0-9a-fA-F]{8})?$")
+_BUS_ID_FULL = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
+_BUS_ID_SHORT = re.compile(r"^([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+
+
+class NvmlError(Exception):
+    """Any failure talking to NVML or selecting GPUs, with an actionable message.
+
+    `kind` is a stable keyword (library_missing, driver_not_loaded, no_permission, not_supported, not_found,
+    gpu_lost, in_use, insufficient_resources, invalid_selection, ...); `nvml_code` the nvmlReturn_t, if any.
+    """
+
+    def __init__(self, message, kind="nvml", nvml_code=None):
+        super(NvmlError, self).__init__(message)
+        self.message = message
+        self.kind = kind
+        self.nvml_code = nvml_code
+
+
+def text(value):
+    """pynvml returns str or bytes depending on its version."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def normalize_bus_id(value):
+    """A PCI bus id in NVML's canonical form (`00000000:18:00.0`), or None if it is not one."""
+    value = str(value).strip()
+    full = _BUS_ID_FULL.match(value)
+    short = _BUS_ID_SHORT.match(value)
+    if full:
+        domain, bus, device, function = full.group(1), full.group(2), full.group(3), full.group(4) or "0"
+    elif short:
+        domain, bus, device, function = "0", short.group(1), short.group(2), short.group(3)
+    else:
+        return None
+    return "%08X:%02X:%02X.%X" % (int(domain, 16), int(bus, 16), int(device, 16), int(function, 16))
+
+
+def format_pci_device_id(value):
+    """NVML's pciDeviceId (device << 16 | vendor) in mig-parted's form, e.g. `0x233010DE`."""
+    return "0x%08X" % value
+
+
+class Gpu:
+    """A physical GPU as the collection addresses it."""
+
+    def __init__(self, index, uuid, bus_id, pci_device_id, pci_subsystem_id, name, handle):
+        self.index = index
+        self.uuid = uuid
+        self.bus_id = bus_id
+        self.pci_device_id = pci_device_id
+        self.pci_subsystem_id = pci_subsystem_id
+        self.name = name
+        self.handle = handle
+
+    def describe(self):
+        return "GPU %d (%s, %s)" % (self.index, self.name, self.bus_id)
+
+    def matches_filter(self, device_filter):
+        """mig-parted's device-filter: `0xDDDDVVVV` or `0xDDDDVVVV:0xSSSSVVVV`, case-insensitive."""
+        for item in device_filter:
+            device_id, _, subsystem_id = item.upper().replace("0X", "0x").partition(":")
+            if device_id == self.pci_device_id.upper().replace("0X", "0x") and (
+                    not subsystem_id or subsystem_id == self.pci_subsystem_id.upper().replace("0X", "0x")):
+                return True
+        return False
+
+    def __repr__(self):
+        return "Gpu(%d, %s)" % (self.index, self.uuid)
+
+
+class NvmlSession:
+    """nvmlInit on enter, nvmlShutdown on exit; `call()` is the only way the engine reaches pynvml."""
+
+    def __init__(self, nvml_module=None):
+        self.pynvml = nvml_module if nvml_module is not None else pynvml
+        self._open = False
+        self._gpus = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc_value, tb):
+        self.close()
+        return False
+
+    def open(self):
+        if self.pynvml is None:
+            raise NvmlError("the Python package nvidia-ml-py (pynvml) is not installed on the managed node: "
+                            "install it with pip (it is in this collection's requirements.txt)",
+                            kind="pynvml_missing")
+        try:
+            self.pynvml.nvmlInit()
+        except self.pynvml.NVMLError as exc:
+            raise self.error(exc, "initialise NVML")
+        self._open = True
+
+    def close(self):
+        if self._open:
+            self._open = False
+            self._gpus = None
+            try:
+                self.pynvml.nvmlShutdown()
+            except self.pynvml.NVMLError:
+                pass
+
+    # -- calls and errors ---------------------------------------------------------------------------
+
+    def call(self, name, *args, **kwargs):
+        """Run pynvml.`name`(*args); on failure raise NvmlError describing `what` was attempted on `gpu`."""
+        what = kwargs.pop("what", None) or name
+        gpu = kwargs.pop("gpu", None)
+        try:
+            return getattr(self.pynvml, name)(*args)
+        except self.pynvml.NVMLError as exc:
+            raise self.error(exc, what, gpu)
+
+    def error(self, exc, what, gpu=None):
+        code = getattr(exc, "value", None)
+        kind = _KINDS.get(code, "nvml")
+        where = " on %s" % gpu.describe() if gpu is not None else ""
+        reason = str(exc)
+        if kind == "library_missing":
+            message = "%s not found: is the NVIDIA driver installed?" % NVML_LIBRARY
+        elif kind == "driver_not_loaded":
+            message = ("NVML could not reach the NVIDIA kernel driver (driver not loaded): load the nvidia kernel "
+                       "module (modprobe nvidia) or reboot after installing the driver")
+        elif kind == "no_permission":
+            message = "cannot %s%s: insufficient permissions; this needs root: use become" % (what, where)
+        elif kind == "not_supported":
+            message = "%s does not support this: cannot %s" % (gpu.describe() if gpu else "this GPU", what)
+        elif kind == "gpu_lost":
+            message = ("cannot %s%s: the GPU is lost (fell off the bus); check `dmesg` for Xid errors, then reset "
+                       "the GPU or reboot the node" % (what, where))
+        elif kind == "function_not_found":
+            message = ("cannot %s%s: the installed NVIDIA driver's NVML lacks this function; upgrade the driver"
+                       % (what, where))
+        else:
+            message = "cannot %s%s: NVML error %s (%s)" % (what, where, code, reason)
+        return NvmlError(message, kind=kind, nvml_code=code)
+
+    # -- system -------------------------------------------------------------------------------------
+
+    def driver_version(self):
+        return text(self.call("nvmlSystemGetDriverVersion", what="read the driver version"))
+
+    def nvml_version(self):
+        return text(self.call("nvmlSystemGetNVMLVersion", what="read the NVML version"))
+
+    def cuda_driver_version(self):
+        value = self.call("nvmlSystemGetCudaDriverVersion_v2", what="read the CUDA driver version")
+        return "%d.%d" % (value // 1000, (value % 1000) // 10)
+
+    # -- devices ------------------------------------------------------------------------------------
+
+    def gpus(self):
+        """Every physical GPU NVML counts, in index order."""
+        if self._gpus is None:
+            gpus = []
+            for index in range(self.call("nvmlDeviceGetCount", what="count GPUs")):
+                handle = self.call("nvmlDeviceGetHandleByIndex", index, what="open GPU %d" % index)
+                pci = self.call("nvmlDeviceGetPciInfo", handle, what="read the PCI info of GPU %d" % index)
+                gpus.append(Gpu(
+                    index=index,
+                    uuid=text(self.call("nvmlDeviceGetUUID", handle, what="read the UUID of GPU %d" % index)),
+                    bus_id=text(pci.busId),
+                    pci_device_id=format_pci_device_id(pci.pciDeviceId),
+                    pci_subsystem_id=format_pci_device_id(pci.pciSubSystemId),
+                    name=text(self.call("nvmlDeviceGetName", handle, what="read the name of GPU %d" % index)),
+                    handle=handle,
+                ))
+            self._gpus = gpus
+        return self._gpus
+
+    def inventory(self):
+        """`GPU 0 (NVIDIA H100 80GB HBM3, 00000000:18:00.0, GPU-...)`, ... for error messages."""
+        gpus = self.gpus()
+        if not gpus:
+            return "this host has no NVIDIA GPU"
+        return "GPUs on this host: " + "; ".join("%d = %s %s %s" % (g.index, g.name, g.uuid, g.bus_id) for g in gpus)
+
+    def find(self, key):
+        """One GPU by index, GPU UUID or PCI bus id."""
+        gpus = self.gpus()
+        key_text = str(key).strip()
+        if isinstance(key, int) or key_text.isdigit():
+            index = int(key_text)
+            if 0 <= index < len(gpus):
+                return gpus[index]
+            raise NvmlError("no GPU with index %d: %s" % (index, self.inventory()), kind="invalid_selection")
+        if key_text.upper().startswith("MIG-"):
+            raise NvmlError("%s is a MIG device, not a GPU: select its parent GPU (by index, GPU- UUID or PCI bus "
+                            "id); %s" % (key_text, self.inventory()), kind="invalid_selection")
+        if key_text.upper().startswith("GPU-"):
+            for gpu in gpus:
+                if gpu.uuid.lower() == key_text.lower():
+                    return gpu
+            raise NvmlError("no GPU with UUID %s: %s" % (key_text, self.inventory()), kind="invalid_selection")
+        bus_id = normalize_bus_id(key_text)
+        if bus_id is not None:
+            for gpu in gpus:
+                if gpu.bus_id.upper() == bus_id:
+                    return gpu
+            raise NvmlError("no GPU at PCI bus id %s: %s" % (key_text, self.inventory()), kind="invalid_selection")
+        raise NvmlError("%r is not a GPU index, UUID (GPU-...) or PCI bus id (0000:18:00.0)" % (key,),
+                        kind="invalid_selection")
+
+    def select(self, devices="all", device_filter=None):
+        """The common selector: `devices` is `all` or a list of index / UUID / bus id, then `device_filter`."""
+        if device_filter:
+            bad = [f for f in device_filter if not PCI_DEVICE_ID_PATTERN.match(str(f))]
+            if bad:
+                raise NvmlError("device_filter entries must be PCI device ids such as 0x233010DE (device id then "
+                                "vendor id 10DE), optionally :0xSSSSVVVV for the subsystem; got %s"
+                                % ", ".join(repr(b) for b in bad), kind="invalid_selection")
+        if devices in (None, "all", ["all"]):
+            selected = list(self.gpus())
+        else:
+            if isinstance(devices, (str, int)):
+                devices = [devices]
+            if not devices:
+                raise NvmlError("devices is empty: give `all` or a list of GPU indices, UUIDs or PCI bus ids",
+                                kind="invalid_selection")
+            selected = []
+            chosen_by = {}
+            for key in devices:
+                gpu = self.find(key)
+                if gpu.index in chosen_by:
+                    raise NvmlError("GPU %d is selected twice (as %r and %r): list each GPU once"
+                                    % (gpu.index, chosen_by[gpu.index], key), kind="invalid_selection")
+                chosen_by[gpu.index] = key
+                selected.append(gpu)
+            selected.sort(key=lambda g: g.index)
+        if device_filter:
+            selected = [gpu for gpu in selected if gpu.matches_filter(device_filter)]
+        return selected
+
+    def mig_device_uuid_parent(self, uuid):
+        """(parent Gpu, handle) for a MIG device UUID."""
+        handle = self.call("nvmlDeviceGetHandleByUUID", uuid, what="find MIG device %s" % uuid)
+        parent = self.call("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", handle,
+                           what="find the parent GPU of %s" % uuid)
+        parent_uuid = text(self.call("nvmlDeviceGetUUID", parent, what="read a GPU UUID"))
+        return self.find(parent_uuid), handle
+
+    def compute_processes(self, handle, gpu=None):
+        """[{pid, name, used_gpu_memory, gpu_instance_id, compute_instance_id}] running on a device handle."""
+        processes = []
+        for proc in self.call("nvmlDeviceGetComputeRunningProcesses", handle,
+                              what="list compute processes", gpu=gpu):
+            try:
+                name = text(self.pynvml.nvmlSystemGetProcessName(proc.pid))
+            except self.pynvml.NVMLError:
+                name = None
+            no_instance = 0xFFFFFFFF
+            gi_id = getattr(proc, "gpuInstanceId", no_instance)
+            ci_id = getattr(proc, "computeInstanceId", no_instance)
+            processes.append({
+                "pid": proc.pid,
+                "name": name,
+                "used_gpu_memory": proc.usedGpuMemory,
+                "gpu_instance_id": None if gi_id == no_instance else gi_id,
+                "compute_instance_id": None if ci_id == no_instance else ci_id,
+            })
+        return processes

@@ -1,0 +1,255 @@
+"""Simulated GPU state: a JSON file shared by every process of a (test) node, with file locking."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import uuid as uuidlib
+
+from . import models
+
+STATE_ENV = "GPUOPS_NVML_SIM_STATE"
+DEFAULT_STATE_PATH = "/var/lib/gpuops-nvml-sim/state.json"
+FORMAT_VERSION = 1
+NVML_ERROR_IN_USE = 19
+
+
+class SimulatorError(Exception):
+    """A request to the simulator itself (not an NVML call) that cannot be honoured."""
+
+
+def configured_state_path():
+    """The state file the simulator should use, or None when it is not configured on this host."""
+    path = os.environ.get(STATE_ENV)
+    if path:
+        return path
+    if os.path.exists(DEFAULT_STATE_PATH):
+        return DEFAULT_STATE_PATH
+    return None
+
+
+def _stable_uuid(seed, prefix):
+    digest = hashlib.sha1(seed.encode()).hexdigest()
+    return prefix + str(uuidlib.UUID(digest[:32]))
+
+
+def new_mig_uuid(gpu, gi_id, ci_id):
+    gpu["mig_uuid_serial"] = gpu.get("mig_uuid_serial", 0) + 1
+    return _stable_uuid("%s/%d/%d/%d" % (gpu["uuid"], gi_id, ci_id, gpu["mig_uuid_serial"]), "MIG-")
+
+
+def parse_gpu_spec(text):
+    """`h100-80gb:8,a100-40gb:2` -> ["h100-80gb"] * 8 + ["a100-40gb"] * 2."""
+    names = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, count = item.partition(":")
+        models.model(name)
+        try:
+            count = int(count) if count else 1
+        except ValueError:
+            raise SimulatorError("bad GPU count in %r: expected MODEL[:COUNT]" % item)
+        if count < 1:
+            raise SimulatorError("GPU count must be at least 1 in %r" % item)
+        names.extend([name] * count)
+    if not names:
+        raise SimulatorError("no GPUs given: expected MODEL[:COUNT][,MODEL[:COUNT]...]")
+    return names
+
+
+def new_state(model_names, driver_version="580.159.04", cuda_driver_version=13000, seed="gpuops"):
+    gpus = []
+    for index, name in enumerate(model_names):
+        spec = models.model(name)
+        bus = 0x18 + 0x10 * index
+        gpus.append({
+            "model": name,
+            "uuid": _stable_uuid("%s/%s/%d" % (seed, name, index), "GPU-"),
+            "bus_id": "00000000:%02X:00.0" % bus,
+            "serial": "16538230%05d" % (44444 + index),
+            "minor_number": index,
+            "persistence_mode": 0,
+            "compute_mode": 0,
+            "mig_current": 0,
+            "mig_pending": 0,
+            "ecc_mode": [1, 1],
+            "accounting_mode": 0,
+            "lost": False,
+            "gpu_instances": [],
+            "processes": [],
+            "mig_uuid_serial": 0,
+            "memory_reserved": spec["memory_reserved"],
+        })
+    return {
+        "format": FORMAT_VERSION,
+        "driver_version": driver_version,
+        "nvml_version": "%d.%s" % (cuda_driver_version // 1000, driver_version),
+        "cuda_driver_version": cuda_driver_version,
+        "library_present": True,
+        "driver_loaded": True,
+        "require_root": True,
+        "gpus": gpus,
+        "faults": [],
+        "boot_id": 1,
+    }
+
+
+class StateStore(object):
+    """Reads and writes the state file; writers hold an exclusive lock and replace the file atomically."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock_path = path + ".lock"
+        self._cache_key = None
+        self._cache = None
+
+    @contextlib.contextmanager
+    def _locked(self, mode):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read_file(self):
+        try:
+            with open(self.path) as handle:
+                data = json.load(handle)
+        except (IOError, OSError) as exc:
+            raise SimulatorError("cannot read simulator state %s: %s" % (self.path, exc))
+        except ValueError as exc:
+            raise SimulatorError("simulator state %s is not valid JSON: %s" % (self.path, exc))
+        if data.get("format") != FORMAT_VERSION:
+            raise SimulatorError("simulator state %s has format %r, expected %d"
+                                 % (self.path, data.get("format"), FORMAT_VERSION))
+        return data
+
+    def read(self):
+        """A snapshot of the state (callers must not modify it)."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise SimulatorError("cannot read simulator state %s: %s" % (self.path, exc))
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if key != self._cache_key:
+            with self._locked(fcntl.LOCK_SH):
+                self._cache = self._read_file()
+            self._cache_key = key
+        return self._cache
+
+    def _write_file(self, data):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._cache_key = None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Yields a mutable copy of the state; it is written back when the block ends without error."""
+        with self._locked(fcntl.LOCK_EX):
+            data = self._read_file()
+            working = copy.deepcopy(data)
+            yield working
+            if working != data:
+                self._write_file(working)
+
+    def create(self, data, force=False):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            os.makedirs(directory)
+        with self._locked(fcntl.LOCK_EX):
+            if os.path.exists(self.path) and not force:
+                raise SimulatorError("simulator state %s exists (use force to replace it)" % self.path)
+            self._write_file(data)
+
+
+def find_gpu(state, key):
+    """A GPU by index (int or digits), UUID or PCI bus id."""
+    text = str(key)
+    for index, gpu in enumerate(state["gpus"]):
+        if text == str(index) or text == gpu["uuid"] or text.lower() == gpu["bus_id"].lower():
+            return gpu
+    raise SimulatorError("no simulated GPU %r" % key)
+
+
+def drop_instances(gpu):
+    gpu["gpu_instances"] = []
+
+
+def reset_gpus(state, bus_ids):
+    """`nvidia-smi -r -i BUS_IDS`: refused while processes use a target GPU; applies a pending MIG mode."""
+    targets = [find_gpu(state, bus_id) for bus_id in bus_ids] if bus_ids else list(state["gpus"])
+    busy = [gpu for gpu in targets if gpu["processes"]]
+    if busy:
+        raise SimulatorError("GPU %s is in use by processes %s; reset refused" % (
+            busy[0]["bus_id"], ", ".join(str(p["pid"]) for p in busy[0]["processes"])))
+    for gpu in targets:
+        drop_instances(gpu)
+        gpu["mig_current"] = gpu["mig_pending"]
+        gpu["lost"] = False
+    return targets
+
+
+def reboot(state):
+    """What a node reboot drops: instances, processes, persistence, compute mode, and MIG mode on Hopper+."""
+    for gpu in state["gpus"]:
+        spec = models.model(gpu["model"])
+        drop_instances(gpu)
+        gpu["processes"] = []
+        gpu["persistence_mode"] = 0
+        gpu["compute_mode"] = 0
+        gpu["lost"] = False
+        if spec["mig_mode_change"] == "immediate":
+            gpu["mig_current"] = gpu["mig_pending"] = 0
+        else:
+            gpu["mig_current"] = gpu["mig_pending"]
+    state["boot_id"] = state.get("boot_id", 0) + 1
+
+
+def add_process(state, gpu_key, pid, name, memory_mib=256, gpu_instance_id=None, compute_instance_id=None):
+    gpu = find_gpu(state, gpu_key)
+    if gpu_instance_id is not None:
+        gi = [g for g in gpu["gpu_instances"] if g["id"] == gpu_instance_id]
+        if not gi or not [c for c in gi[0]["compute_instances"] if c["id"] == compute_instance_id]:
+            raise SimulatorError("no compute instance %s/%s on GPU %s" % (gpu_instance_id, compute_instance_id,
+                                                                          gpu["uuid"]))
+    gpu["processes"].append({
+        "pid": int(pid),
+        "name": name,
+        "used_memory": int(memory_mib) * 1024 * 1024,
+        "gpu_instance_id": gpu_instance_id,
+        "compute_instance_id": compute_instance_id,
+    })
+
+
+def remove_process(state, pid):
+    found = False
+    for gpu in state["gpus"]:
+        before = len(gpu["processes"])
+        gpu["processes"] = [p for p in gpu["processes"] if p["pid"] != int(pid)]
+        found = found or len(gpu["processes"]) != before
+    if not found:
+        raise SimulatorError("no simulated process with pid %s" % pid)
+
+
+def add_fault(state, function, call, code):
+    if call < 1:
+        raise SimulatorError("fault call number must be >= 1")
+    state["faults"].append({"function": function, "call": int(call), "code": int(code), "seen": 0})
