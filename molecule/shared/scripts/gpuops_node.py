@@ -11,6 +11,8 @@ Sub-commands (all print JSON on success, a clear message and the boot-log tail o
   stop    --dir D                       orderly poweroff, then kill; nothing stays running
   reboot  --dir D                       stop, apply the NVML simulator's reboot offline, boot
   destroy --dir D                       stop and remove D
+  ssh-command --dir D                   the ssh argv to log into the node
+  inventory --dir D                     an INI inventory line for the node (outside Molecule)
   list                                  nodes this cache knows about (running or not)
   destroy-all                           destroy every node this cache knows about (leak cleanup)
   link-collection --project P           make P/.build/collections/ansible_collections/gpuops/nvidia -> P
@@ -592,6 +594,15 @@ def link_collection(project):
     return {"link": link, "changed": True}
 
 
+def inventory(node):
+    """An INI inventory line for ansible-playbook outside Molecule (make demo)."""
+    return (f"{node['name']} ansible_host=127.0.0.1 ansible_port={node['port']} ansible_user=root "
+            f"ansible_connection=ssh ansible_ssh_private_key_file={node['identity_file']} "
+            f"ansible_python_interpreter=/usr/bin/python3 "
+            f"ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            f"-o LogLevel=ERROR'\n")
+
+
 def instance_config(node):
     return {"instance": node["name"], "address": "127.0.0.1", "user": "root", "port": node["port"],
             "identity_file": node["identity_file"], "connection": "ssh"}
@@ -609,7 +620,7 @@ def main(argv=None):
     p.add_argument("--name", required=True)
     p.add_argument("--release", required=True)
     p.add_argument("--hostname")
-    for cmd in ("boot", "stop", "reboot", "destroy", "ssh-command"):
+    for cmd in ("boot", "stop", "reboot", "destroy", "ssh-command", "inventory"):
         sub.add_parser(cmd).add_argument("--dir", required=True)
     sub.add_parser("list")
     sub.add_parser("link-collection").add_argument("--project", required=True)
@@ -639,6 +650,9 @@ def main(argv=None):
         result = {"node": node, "seconds": round(time.monotonic() - started, 1)}
     elif args.cmd == "destroy":
         result = destroy(args.dir)
+    elif args.cmd == "inventory":
+        sys.stdout.write(inventory(load_node(os.path.abspath(args.dir))))
+        return 0
     elif args.cmd == "ssh-command":
         result = {"ssh": ssh_argv(load_node(os.path.abspath(args.dir)))}
     elif args.cmd == "link-collection":
