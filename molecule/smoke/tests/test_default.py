@@ -102,3 +102,10 @@ def test_persistenced_unknown_user(host):
     res = host.run("nvidia-persistenced --user no-such-user")
     assert res.rc != 0
     assert "no-such-user" in res.stderr
+
+
+def test_rebooted_by_side_effect(host):
+    """side_effect.yml rebooted the node: /run was emptied and the simulator applied its reboot."""
+    assert not host.file("/run/gpuops-smoke-marker").exists
+    state = json.loads(host.check_output(f"python3 -m gpuops_nvml_sim --state {STATE} show"))
+    assert state["boot_id"] >= 2  # created with boot_id 1
