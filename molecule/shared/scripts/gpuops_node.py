@@ -166,6 +166,14 @@ def build_rootfs(release):
             return dest
         if not shutil.which("debootstrap"):
             raise NodeError("debootstrap is not installed: apt-get install -y debootstrap")
+        # leftovers of builds that were killed (their pid is gone)
+        parent = os.path.dirname(dest)
+        for name in os.listdir(parent):
+            if name.startswith(release + ".tmp."):
+                pid = name.rsplit(".", 1)[1]
+                if not (pid.isdigit() and pid_alive(int(pid))):
+                    log(f"removing the leftover of an interrupted build: {name}")
+                    remove_tree(os.path.join(parent, name))
         tmp = f"{dest}.tmp.{os.getpid()}"
         remove_tree(tmp)
         os.makedirs(tmp)
