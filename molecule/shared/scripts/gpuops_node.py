@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -343,13 +344,17 @@ def leader_pid(node):
     return children[0] if children else None
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def boot_log_tail(node, lines=40):
+    """The last LINES non-empty lines of the console log, without colours and carriage returns."""
     try:
         with open(node["log"], encoding="utf-8", errors="replace") as fh:
-            tail = fh.readlines()[-lines:]
+            text = ANSI.sub("", fh.read()).replace("\r", "")
     except OSError:
         return "(no boot log)"
-    return "".join(tail)
+    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:]) + "\n"
 
 
 def fail(node, msg):
