@@ -8,7 +8,7 @@ DEMO_RELEASE ?= bookworm
 DEMO_GPUS ?= h100-80gb:8
 KEEP ?=
 # Molecule and its ansible-* children come from the venv.
-MOLECULE_ENV := PATH=$(CURDIR)/$(BIN):$$PATH
+MOLECULE_ENV := PATH=$(abspath $(BIN)):$$PATH
 
 .PHONY: molecule molecule-clean nspawn-tools $(addprefix molecule-,$(MOLECULE_SCENARIOS)) demo demo-destroy
 
