@@ -180,7 +180,7 @@ def expand_layout(catalog, layout, where="this GPU"):
 
 
 def sort_specs(catalog, specs):
-    return sorted(specs, key=lambda s: (-catalog.size(s[0]), -catalog.slices(s[0]), s[0], s[1]))
+    return sorted(specs, key=lambda s: (-catalog.size(s[0]), -catalog.slices(s[0]), s[0], -len(s[1]), s[1]))
 
 
 def spec_devices(catalog, specs):
