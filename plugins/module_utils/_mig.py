@@ -488,8 +488,13 @@ class _Executor:
 
     def set_mode(self, mode):
         gpu = self.gpu
-        status = self.call("nvmlDeviceSetMigMode", gpu.handle, mode,
-                           what="%s MIG mode" % ("enable" if mode else "disable"))
+        try:
+            status = self.call("nvmlDeviceSetMigMode", gpu.handle, mode,
+                               what="%s MIG mode" % ("enable" if mode else "disable"))
+        except NvmlError as exc:
+            if exc.kind != "in_use":
+                raise
+            status = STATUS_IN_USE
         if status in (STATUS_SUCCESS, STATUS_RESET_REQUIRED):
             return status
         if status == STATUS_IN_USE:
@@ -720,6 +725,8 @@ def apply(session, targets, options):
             if executor.done and work.gpu.index not in complete:
                 rollbacks.append(restore(session, work))
         lines = [exc.message]
+        if running is not None and not executors[running.gpu.index].done:
+            lines.append("GPU %d is as it was (the failing step was its first change)" % running.gpu.index)
         for rollback in rollbacks:
             if rollback["restored"]:
                 lines.append("GPU %d was rolled back and is as it was (%d step(s) undone; recreated MIG devices "
