@@ -631,7 +631,7 @@ def _reset(session, works, options):
     return None
 
 
-def _gpu_result(work, after_state, executed, check_mode):
+def _gpu_result(work, after_state, executed):
     gpu, catalog = work.gpu, work.catalog
     return {
         "index": gpu.index,
@@ -652,7 +652,7 @@ def _gpu_result(work, after_state, executed, check_mode):
     }
 
 
-def _predicted_state(work, options):
+def _predicted_state(work):
     state = work.state
     if state["mode"] is None:
         return state
@@ -684,7 +684,7 @@ def apply(session, targets, options):
         for work in works:
             if work.needs_reset and not options.nvidia_smi:
                 work.reboot_required = True
-            results.append(_gpu_result(work, _predicted_state(work, options), work.steps, True))
+            results.append(_gpu_result(work, _predicted_state(work), work.steps))
         return _summary(results)
 
     executors = dict((w.gpu.index, _Executor(session, w)) for w in works)
@@ -739,7 +739,7 @@ def apply(session, targets, options):
             lines.append("GPU(s) %s were reconfigured completely before the failure and keep the new layout"
                          % ", ".join(str(i) for i in done_gpus))
         results = [_gpu_result(w, snapshot(session, w.gpu, w.catalog) if w.state["mode"] is not None else w.state,
-                               executors[w.gpu.index].done, False) for w in works]
+                               executors[w.gpu.index].done) for w in works]
         summary = _summary(results)
         summary["rollback"] = rollbacks
         summary["failed_gpu"] = running.gpu.index if running is not None else None
@@ -749,7 +749,7 @@ def apply(session, targets, options):
     for work in works:
         executed = executors[work.gpu.index].done
         after = snapshot(session, work.gpu, work.catalog) if executed else work.state
-        result = _gpu_result(work, after, executed, False)
+        result = _gpu_result(work, after, executed)
         if getattr(work, "reset_problem", None):
             result["reset_problem"] = work.reset_problem
         results.append(result)

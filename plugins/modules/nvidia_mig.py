@@ -53,19 +53,19 @@ options:
     choices: [enabled, disabled]
   layout:
     description:
-      - MIG devices per profile, as in mig-parted, e.g. C({"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}).
+      - 'MIG devices per profile, as in mig-parted, e.g. C({"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}).'
       - Profile names are those the GPU reports through NVML, including media-engine variants such as
         C(1g.10gb+me), C(1g.24gb-me), C(1g.24gb+gfx) or C(1g.24gb+me.all). An unknown name is an error that
         lists the profiles of that GPU.
-      - A compute-instance-qualified profile such as C(1c.3g.40gb) asks for compute instances packed into
+      - 'A compute-instance-qualified profile such as C(1c.3g.40gb) asks for compute instances packed into
         shared GPU instances of that profile; C({"1c.3g.40gb": 3}) is one C(3g.40gb) GI holding three
-        one-slice CIs. A plain C(3g.40gb) is a GI with one CI spanning it.
+        one-slice CIs. A plain C(3g.40gb) is a GI with one CI spanning it.'
       - The layout is exact; instances not in it are destroyed. V({}) (or omitting it) sets the mode only and
         leaves instances alone.
     type: dict
   config_file:
     description:
-      - A mig-parted v1 config file on the managed node (C(version: v1), C(mig-configs)), read as strictly as
+      - A mig-parted v1 config file on the managed node (C(version) V(v1), C(mig-configs)), read as strictly as
         mig-parted reads it. Apply the config named O(config_name) to the GPUs each of its entries selects
         (by C(devices) and C(device-filter)), within O(devices) and O(device_filter).
       - Mutually exclusive with O(layout) and O(mode).
