@@ -32,14 +32,14 @@ args="{\"devices\": [$GPU], \"mode\": \"enabled\", \"layout\": $LAYOUT}"
 # 1. Human-readable: the plan and the slice-map diff.
 ansible localhost -m gpuops.nvidia.nvidia_mig -a "$args" --check --diff 2>&1 | tee "$OUTDIR/check-diff.txt"
 
-# 2. Machine-readable result, to assert on.
-ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=json \
-    ansible localhost -m gpuops.nvidia.nvidia_mig -a "$args" --check --diff > "$OUTDIR/check.json"
+# 2. Machine-readable result, to assert on (ad-hoc output is `localhost | CHANGED => {json}`).
+ANSIBLE_CALLBACK_RESULT_FORMAT=json ANSIBLE_NOCOLOR=1 \
+    ansible localhost -m gpuops.nvidia.nvidia_mig -a "$args" --check > "$OUTDIR/check.out"
 
-python3 - "$OUTDIR/check.json" <<'PY' | tee -a "$OUTDIR/summary.txt"
+python3 - "$OUTDIR/check.out" <<'PY' | tee -a "$OUTDIR/summary.txt"
 import json, sys
-data = json.load(open(sys.argv[1]))
-result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+text = open(sys.argv[1]).read()
+result = json.JSONDecoder().raw_decode(text[text.index("=> {") + 3:])[0]
 assert not result.get("failed"), result.get("msg")
 actions = [step["action"] for step in result["plan"]]
 print("changed (would change):", result["changed"])
