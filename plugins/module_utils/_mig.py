@@ -1,0 +1,771 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The MIG engine: read, plan, execute with rollback. Plain Python: no Ansible imports.
+
+    with HostLock(path, timeout):
+        with NvmlSession() as session:
+            result = apply(session, [Target(gpu, "enabled", {"3g.40gb": 2})], Options(check_mode=False))
+
+Everything is validated and planned for every GPU before the first NVML write. Each GPU is changed
+atomically: if an NVML call fails, the GPUs whose plan was under way are restored to the snapshot taken
+before (GIs and CIs recreated at their old placements, MIG mode set back) and the error says what was
+restored and what could not be.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import errno
+import fcntl
+import os
+import time
+
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import (
+    FIELD_RESETLESS_MIG,
+    gpu_instance_profiles,
+    mig_instances,
+)
+from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as planner
+
+DEFAULT_LOCK_FILE = "/run/gpuops-nvidia/mig.lock"
+LOCK_FILE_ENV = "GPUOPS_MIG_LOCK_FILE"
+ARCH_HOPPER = 9
+STATUS_SUCCESS = 0
+STATUS_RESET_REQUIRED = 16
+STATUS_IN_USE = 19
+CLIENTS_TO_STOP = ("nvidia-dcgm / dcgm-exporter", "nvsm", "nvidia-persistenced", "other GPU exporters and "
+                   "monitoring agents", "kubelet and the NVIDIA device plugin")
+
+
+class MigError(Exception):
+    """A failure of the MIG engine; `kind` is stable, `result` carries what is known (plans, rollback)."""
+
+    def __init__(self, message, kind="mig", result=None):
+        super(MigError, self).__init__(message)
+        self.message = message
+        self.kind = kind
+        self.result = result or {}
+
+
+class Target:
+    """What one GPU should look like: mode `enabled|disabled`, layout dict (None or {} = mode only)."""
+
+    def __init__(self, gpu, mode, layout=None, source=None):
+        self.gpu = gpu
+        self.mode = mode
+        self.layout = layout or {}
+        self.source = source
+
+
+class Options:
+    def __init__(self, check_mode=False, reset="if_needed", allow_busy_kept_instances=False,
+                 run_command=None, nvidia_smi=None):
+        self.check_mode = check_mode
+        self.reset = reset
+        self.allow_busy_kept_instances = allow_busy_kept_instances
+        self.run_command = run_command
+        self.nvidia_smi = nvidia_smi
+
+
+# -- host lock -----------------------------------------------------------------------------------------
+
+class HostLock:
+    """fcntl.flock on a host-wide file, so two runs never reconfigure MIG at once."""
+
+    def __init__(self, path=None, timeout=300, poll=0.1):
+        self.path = path or os.environ.get(LOCK_FILE_ENV) or DEFAULT_LOCK_FILE
+        self.timeout = timeout
+        self.poll = poll
+        self.fd = None
+
+    def __enter__(self):
+        directory = os.path.dirname(self.path)
+        if directory and not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, 0o755)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise MigError("cannot create the lock directory %s: %s" % (directory, exc), kind="lock")
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise MigError("cannot open the MIG lock file %s: %s" % (self.path, exc), kind="lock")
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except (IOError, OSError) as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(self.fd)
+                    raise MigError("cannot lock %s: %s" % (self.path, exc), kind="lock")
+                if time.time() >= deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise MigError("another MIG reconfiguration holds the host lock %s; gave up after %s s (raise "
+                                   "lock_timeout, or find the other run: fuser %s)"
+                                   % (self.path, self.timeout, self.path), kind="lock_timeout")
+                time.sleep(self.poll)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, ("%d\n" % os.getpid()).encode())
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, exc_type, exc_value, tb):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+def read_mode(session, gpu):
+    """(current, pending) as 0/1, or None when the GPU has no MIG."""
+    try:
+        mode = session.call("nvmlDeviceGetMigMode", gpu.handle, what="read the MIG mode", gpu=gpu)
+    except NvmlError as exc:
+        if exc.kind == "not_supported":
+            return None
+        raise
+    return int(mode[0]), int(mode[1])
+
+
+def resetless(session, gpu):
+    """True when a MIG mode change applies at once (Hopper and later)."""
+    try:
+        values = session.call("nvmlDeviceGetFieldValues", gpu.handle, [FIELD_RESETLESS_MIG],
+                              what="read the resetless-MIG field", gpu=gpu)
+        if values[0].nvmlReturn == 0:
+            return bool(values[0].value.uiVal)
+    except NvmlError:
+        pass
+    try:
+        return session.call("nvmlDeviceGetArchitecture", gpu.handle, what="read the architecture",
+                            gpu=gpu) >= ARCH_HOPPER
+    except NvmlError:
+        return False
+
+
+def snapshot(session, gpu, catalog=None):
+    mode = read_mode(session, gpu)
+    if mode is None:
+        return {"mode": None, "instances": []}
+    instances = mig_instances(session, gpu, catalog and [catalog.profiles[n] for n in catalog.names]) \
+        if mode[0] else []
+    return {"mode": mode, "instances": instances}
+
+
+def _mode_text(mode):
+    return "enabled" if mode else "disabled"
+
+
+def describe_layout(state, catalog):
+    mode = state["mode"]
+    if mode is None:
+        return {"mig_capable": False, "mig_mode": None, "mig_mode_pending": None, "devices": {}, "instances": []}
+    return {
+        "mig_capable": True,
+        "mig_mode": _mode_text(mode[0]),
+        "mig_mode_pending": _mode_text(mode[1]),
+        "devices": planner.instances_devices(state["instances"]),
+        "instances": state["instances"],
+    }
+
+
+def render_map(gpu, state, catalog):
+    """`GPU0 NVIDIA H100 80GB HBM3 [3g.40gb ...|...]`: one fixed-width line per GPU."""
+    mode = state["mode"]
+    if mode is None:
+        body = "[no MIG]"
+    elif not mode[0]:
+        body = "[MIG disabled%s]" % (", enable pending reset" if mode[1] else "")
+    else:
+        body = planner.slice_map(state["instances"], catalog.memory_slices)
+        if not mode[1]:
+            body += " (MIG disable pending reset)"
+    return "GPU%d %-24s %s" % (gpu.index, gpu.name, body)
+
+
+# -- planning --------------------------------------------------------------------------------------------
+
+def _step(gpu, action, description, **fields):
+    step = {"gpu": gpu.index, "action": action, "description": "GPU %d: %s" % (gpu.index, description)}
+    step.update(fields)
+    return step
+
+
+def _placement(start, size):
+    return {"start": start, "size": size}
+
+
+def _process_text(processes):
+    return ", ".join("%s (%s)" % (p["pid"], p["name"] or "unknown") for p in processes)
+
+
+class GpuWork:
+    """Everything known and decided about one GPU before any write."""
+
+    def __init__(self, gpu, target):
+        self.gpu = gpu
+        self.target = target
+        self.catalog = None
+        self.state = None
+        self.resetless = True
+        self.processes = []
+        self.specs = []
+        self.layout_plan = None
+        self.mode_steps = []
+        self.layout_steps = []
+        self.needs_reset = False
+        self.reset_required = False
+        self.reboot_required = False
+        self.layout_deferred = False
+        self.predicted = None
+
+    @property
+    def steps(self):
+        reset = [_step(self.gpu, "reset_gpu", "reset the GPU (nvidia-smi -r -i %s) to apply the pending MIG mode"
+                       % self.gpu.bus_id, bus_id=self.gpu.bus_id)] if self.needs_reset else []
+        return self.mode_steps + reset + self.layout_steps
+
+
+def _layout_steps(work, plan):
+    gpu, catalog = work.gpu, work.catalog
+    steps = []
+    for gi, ci in plan.destroy_cis:
+        steps.append(_step(gpu, "destroy_compute_instance", "destroy compute instance %s (GI %d, CI %d, %s)"
+                           % (ci["profile"], gi["id"], ci["id"], ci["uuid"]), gpu_instance_id=gi["id"],
+                           compute_instance_id=ci["id"], profile=ci["profile"], placement=ci["placement"],
+                           uuid=ci["uuid"]))
+    for gi in plan.destroy_gis:
+        for ci in gi["compute_instances"]:
+            steps.append(_step(gpu, "destroy_compute_instance", "destroy compute instance %s (GI %d, CI %d, %s)"
+                               % (ci["profile"], gi["id"], ci["id"], ci["uuid"]), gpu_instance_id=gi["id"],
+                               compute_instance_id=ci["id"], profile=ci["profile"], placement=ci["placement"],
+                               uuid=ci["uuid"]))
+        steps.append(_step(gpu, "destroy_gpu_instance", "destroy GPU instance %s (GI %d at memory slices %s)"
+                           % (gi["profile"], gi["id"], _slices(gi["placement"])), gpu_instance_id=gi["id"],
+                           profile=gi["profile"], placement=gi["placement"]))
+    for spec, start in plan.create_gis:
+        name = spec[0]
+        size = catalog.size(name)
+        steps.append(_step(gpu, "create_gpu_instance", "create GPU instance %s at memory slices %s"
+                           % (name, _slices(_placement(start, size))), profile=name,
+                           profile_id=catalog.profiles[name]["id"], placement=_placement(start, size)))
+        for ci_size, ci_start in zip(spec[1], plan.new_ci_starts[start]):
+            steps.append(_ci_step(gpu, catalog, name, start, ci_size, ci_start))
+    for gi_start, name, ci_size, ci_start in plan.create_cis:
+        steps.append(_ci_step(gpu, catalog, name, gi_start, ci_size, ci_start))
+    return steps
+
+
+def _ci_step(gpu, catalog, gi_name, gi_start, size, start):
+    profile = planner.ci_name(gi_name, catalog.slices(gi_name), size)
+    return _step(gpu, "create_compute_instance", "create compute instance %s at compute slice(s) %s in the %s GI "
+                 "at memory slice %d" % (profile, _slices(_placement(start, size)), gi_name, gi_start),
+                 profile=profile, slices=size, gpu_instance_profile=gi_name, gpu_instance_start=gi_start,
+                 placement=_placement(start, size))
+
+
+def _slices(placement):
+    start, size = placement["start"], placement["size"]
+    return "%d" % start if size == 1 else "%d-%d" % (start, start + size - 1)
+
+
+def _destroy_all_plan(state):
+    plan = planner.GpuPlan()
+    plan.destroy_gis = list(state["instances"])
+    return plan
+
+
+def plan_work(session, target, options):
+    """Read one GPU and decide its steps; raises MigError for invalid targets (nothing written)."""
+    gpu = target.gpu
+    work = GpuWork(gpu, target)
+    where = gpu.describe()
+    mode = read_mode(session, gpu)
+    want = 1 if target.mode == "enabled" else 0
+    if target.mode == "disabled" and target.layout:
+        raise MigError("%s: a layout was given with mode disabled; MIG devices need MIG enabled (use mode "
+                       "enabled, or an empty layout)" % where, kind="invalid_layout")
+    if mode is None:
+        work.state = {"mode": None, "instances": []}
+        work.catalog = planner.Catalog([])
+        if want:
+            raise MigError("%s does not support MIG; select only MIG-capable GPUs (devices / device_filter)"
+                           % where, kind="not_supported")
+        return work
+    work.catalog = planner.Catalog(gpu_instance_profiles(session, gpu))
+    work.state = snapshot(session, gpu, work.catalog)
+    work.resetless = resetless(session, gpu)
+    if target.layout:
+        try:
+            work.specs = planner.expand_layout(work.catalog, target.layout, where)
+        except planner.LayoutError as exc:
+            raise MigError(exc.message, kind=exc.kind)
+        reason = planner.explain_infeasible(work.catalog, work.specs, "this GPU")
+        if reason:
+            raise MigError("layout %s cannot fit on %s: %s" % (_layout_text(target.layout), where, reason),
+                           kind="does_not_fit")
+    work.processes = session.compute_processes(gpu.handle, gpu)
+
+    current, pending = mode
+    mode_change = False
+    if current != want:
+        if want == 0 and work.state["instances"]:
+            work.mode_steps.extend(_layout_steps(work, _destroy_all_plan(work.state)))
+        if pending != want:
+            work.mode_steps.append(_step(gpu, "set_mig_mode", "%s MIG mode" % ("enable" if want else "disable"),
+                                         mode=target.mode))
+        mode_change = True
+        if not work.resetless:
+            if options.reset == "if_needed":
+                work.needs_reset = True
+            else:
+                work.reset_required = True
+    elif pending != want:
+        work.mode_steps.append(_step(gpu, "set_mig_mode", "cancel the pending MIG mode change (keep %s)"
+                                     % target.mode, mode=target.mode))
+
+    if want and target.layout:
+        current_instances = work.state["instances"] if current == 1 else []
+        try:
+            work.layout_plan = planner.plan_gpu(work.catalog, current_instances, work.specs, where)
+        except planner.LayoutError as exc:
+            raise MigError(exc.message, kind=exc.kind)
+        work.layout_steps = _layout_steps(work, work.layout_plan)
+        if work.reset_required:
+            work.layout_deferred = bool(work.layout_steps)
+            work.layout_steps = []
+
+    _check_busy(work, mode_change, options)
+    return work
+
+
+def _check_busy(work, mode_change, options):
+    processes = work.processes
+    if not processes:
+        return
+    where = work.gpu.describe()
+    if mode_change or work.needs_reset:
+        raise MigError("cannot change the MIG mode of %s: compute processes use it: %s; stop them first"
+                       % (where, _process_text(processes)), kind="busy")
+    doomed = set()
+    for step in work.steps:
+        if step["action"] == "destroy_compute_instance":
+            doomed.add((step["gpu_instance_id"], step["compute_instance_id"]))
+        elif step["action"] == "destroy_gpu_instance":
+            doomed.add((step["gpu_instance_id"], None))
+    hit = [p for p in processes if p["gpu_instance_id"] is None
+           or (p["gpu_instance_id"], p["compute_instance_id"]) in doomed or (p["gpu_instance_id"], None) in doomed]
+    if not doomed:
+        return
+    if hit:
+        raise MigError("cannot reconfigure %s: compute processes run on MIG devices that must be destroyed: %s; "
+                       "stop them first" % (where, _process_text(hit)), kind="busy")
+    if not options.allow_busy_kept_instances:
+        raise MigError("cannot reconfigure %s while compute processes run on it: %s (they use only instances "
+                       "that are kept; set allow_busy_kept_instances to proceed anyway)"
+                       % (where, _process_text(processes)), kind="busy")
+
+
+def _layout_text(layout):
+    return "{%s}" % ", ".join("%s: %s" % (k, layout[k]) for k in sorted(layout))
+
+
+# -- execution -------------------------------------------------------------------------------------------
+
+class _Executor:
+    def __init__(self, session, work):
+        self.session = session
+        self.work = work
+        self.gpu = work.gpu
+        self.gi_handles = {}
+        self.ci_taken = {}
+        self.done = []
+
+    def call(self, name, *args, **kwargs):
+        kwargs.setdefault("gpu", self.gpu)
+        return self.session.call(name, *args, **kwargs)
+
+    def gi_handle(self, start):
+        if start not in self.gi_handles:
+            for gi in self.work.state["instances"]:
+                if gi["placement"]["start"] == start:
+                    self.gi_handles[start] = self.call("nvmlDeviceGetGpuInstanceById", self.gpu.handle, gi["id"],
+                                                       what="open GPU instance %d" % gi["id"])
+                    self.ci_taken[start] = [(ci["placement"]["start"], ci["placement"]["size"])
+                                            for ci in gi["compute_instances"]]
+                    break
+            else:
+                raise NvmlError("no GPU instance at memory slice %d on %s" % (start, self.gpu.describe()),
+                                kind="not_found")
+        return self.gi_handles[start]
+
+    def run(self, step):
+        action = step["action"]
+        nvml = self.session.pynvml
+        gpu = self.gpu
+        if action == "destroy_compute_instance":
+            gi = self.gi_handle(self._gi_start(step["gpu_instance_id"]))
+            ci = self.call("nvmlGpuInstanceGetComputeInstanceById", gi, step["compute_instance_id"],
+                           what="open compute instance %d/%d" % (step["gpu_instance_id"], step["compute_instance_id"]))
+            self.call("nvmlComputeInstanceDestroy", ci, what="destroy compute instance %s (GI %d, CI %d)"
+                      % (step["profile"], step["gpu_instance_id"], step["compute_instance_id"]))
+            start = self._gi_start(step["gpu_instance_id"])
+            taken = self.ci_taken.get(start, [])
+            placement = (step["placement"]["start"], step["placement"]["size"])
+            if placement in taken:
+                taken.remove(placement)
+        elif action == "destroy_gpu_instance":
+            start = step["placement"]["start"]
+            gi = self.gi_handle(start)
+            self.call("nvmlGpuInstanceDestroy", gi, what="destroy GPU instance %s (GI %d)"
+                      % (step["profile"], step["gpu_instance_id"]))
+            del self.gi_handles[start]
+        elif action == "set_mig_mode":
+            self.set_mode(1 if step["mode"] == "enabled" else 0)
+        elif action == "create_gpu_instance":
+            placement = nvml.c_nvmlGpuInstancePlacement_t()
+            placement.start = step["placement"]["start"]
+            placement.size = step["placement"]["size"]
+            handle = self.call("nvmlDeviceCreateGpuInstanceWithPlacement", gpu.handle, step["profile_id"],
+                               ctypes.byref(placement), what="create GPU instance %s at memory slices %s"
+                               % (step["profile"], _slices(step["placement"])))
+            self.gi_handles[step["placement"]["start"]] = handle
+            self.ci_taken[step["placement"]["start"]] = []
+        elif action == "create_compute_instance":
+            start = step["gpu_instance_start"]
+            gi = self.gi_handle(start)
+            info = self.call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi,
+                             planner.CI_PROFILE_INDEX[step["slices"]], nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                             what="read compute-instance profile %s" % step["profile"])
+            possible = self._ci_placements(gi, info.id)
+            taken = self.ci_taken.setdefault(start, [])
+            planned = step["placement"]["start"]
+            candidates = [planned] if planned in possible else []
+            candidates += [s for s in possible if s != planned]
+            chosen = None
+            for candidate in candidates:
+                if not planner._overlaps(candidate, step["slices"], taken):
+                    chosen = candidate
+                    break
+            if chosen is None:
+                raise NvmlError("no free placement for compute instance %s in the GI at memory slice %d of %s"
+                                % (step["profile"], start, gpu.describe()), kind="insufficient_resources")
+            placement = nvml.c_nvmlComputeInstancePlacement_t()
+            placement.start = chosen
+            placement.size = step["slices"]
+            self.call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi, info.id, ctypes.byref(placement),
+                      what="create compute instance %s" % step["profile"])
+            taken.append((chosen, step["slices"]))
+        self.done.append(step)
+
+    def _gi_start(self, gi_id):
+        for gi in self.work.state["instances"]:
+            if gi["id"] == gi_id:
+                return gi["placement"]["start"]
+        raise NvmlError("GPU instance %d is not on %s" % (gi_id, self.gpu.describe()), kind="not_found")
+
+    def _ci_placements(self, gi, profile_id):
+        nvml = self.session.pynvml
+        count = ctypes.c_uint(0)
+        self.call("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gi, profile_id, None, ctypes.byref(count),
+                  what="count compute-instance placements")
+        entries = (nvml.c_nvmlComputeInstancePlacement_t * max(count.value, 1))()
+        self.call("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gi, profile_id, entries,
+                  ctypes.byref(count), what="list compute-instance placements")
+        return [entries[i].start for i in range(count.value)]
+
+    def set_mode(self, mode):
+        gpu = self.gpu
+        try:
+            status = self.call("nvmlDeviceSetMigMode", gpu.handle, mode,
+                               what="%s MIG mode" % ("enable" if mode else "disable"))
+        except NvmlError as exc:
+            if exc.kind != "in_use":
+                raise
+            status = STATUS_IN_USE
+        if status in (STATUS_SUCCESS, STATUS_RESET_REQUIRED):
+            return status
+        if status == STATUS_IN_USE:
+            raise NvmlError("cannot %s MIG mode on %s: the GPU is in use by another client (activation status "
+                            "IN_USE); stop the clients that hold it (%s) and run again"
+                            % ("enable" if mode else "disable", gpu.describe(), ", ".join(CLIENTS_TO_STOP)),
+                            kind="in_use", nvml_code=status)
+        raise NvmlError("setting MIG mode on %s returned activation status %d" % (gpu.describe(), status),
+                        kind="nvml", nvml_code=status)
+
+
+def _instance_key(gi):
+    return (gi["profile_id"], gi["placement"]["start"], gi["placement"]["size"])
+
+
+def _ci_key(ci):
+    return (ci["profile"], ci["placement"]["start"], ci["placement"]["size"])
+
+
+def layout_signature(state):
+    """What must match for a GPU to be 'as it was': mode, GIs and CIs with profiles and placements."""
+    return (state["mode"], sorted((_instance_key(gi), sorted(_ci_key(ci) for ci in gi["compute_instances"]))
+                                  for gi in state["instances"]))
+
+
+def restore(session, work):
+    """Bring a GPU back to work.state (the snapshot); returns {restored, problems, steps}."""
+    gpu, before = work.gpu, work.state
+    problems = []
+    steps = []
+
+    def attempt(description, function, *args):
+        try:
+            function(*args)
+            steps.append(description)
+            return True
+        except NvmlError as exc:
+            problems.append("%s: %s" % (description, exc.message))
+            return False
+
+    executor = _Executor(session, work)
+    try:
+        now = snapshot(session, gpu, work.catalog)
+    except NvmlError as exc:
+        return {"restored": False, "problems": ["cannot read %s: %s" % (gpu.describe(), exc.message)], "steps": []}
+    wanted = dict((_instance_key(gi), gi) for gi in before["instances"]) if before["mode"][0] else {}
+    for gi in now["instances"]:
+        keep = wanted.get(_instance_key(gi))
+        keep_cis = set(_ci_key(ci) for ci in keep["compute_instances"]) if keep else set()
+        handle = session.call("nvmlDeviceGetGpuInstanceById", gpu.handle, gi["id"], what="open a GPU instance",
+                              gpu=gpu) if (keep is None or gi["compute_instances"]) else None
+        for ci in gi["compute_instances"]:
+            if _ci_key(ci) not in keep_cis:
+                attempt("destroy compute instance %s (GI %d, CI %d)" % (ci["profile"], gi["id"], ci["id"]),
+                        _destroy_ci, session, gpu, handle, ci["id"])
+        if keep is None:
+            attempt("destroy GPU instance %s (GI %d)" % (gi["profile"], gi["id"]),
+                    lambda h=handle: session.call("nvmlGpuInstanceDestroy", h, what="destroy a GPU instance", gpu=gpu))
+    current = read_mode(session, gpu)
+    if current != before["mode"]:
+        target = before["mode"][0] if current[0] != before["mode"][0] else before["mode"][1]
+        attempt("set MIG mode back to %s" % _mode_text(target), executor.set_mode, target)
+        current = read_mode(session, gpu)
+        if current[0] != before["mode"][0]:
+            problems.append("MIG mode is %s (pending %s), was %s: changing it back needs a GPU reset or reboot"
+                            % (_mode_text(current[0]), _mode_text(current[1]), _mode_text(before["mode"][0])))
+    if before["mode"][0] and current and current[0]:
+        now = snapshot(session, gpu, work.catalog)
+        existing = dict((_instance_key(gi), gi) for gi in now["instances"])
+        for gi in before["instances"]:
+            have = existing.get(_instance_key(gi))
+            have_cis = set(_ci_key(ci) for ci in have["compute_instances"]) if have else set()
+            if have is None:
+                placement = session.pynvml.c_nvmlGpuInstancePlacement_t()
+                placement.start, placement.size = gi["placement"]["start"], gi["placement"]["size"]
+                try:
+                    handle = session.call("nvmlDeviceCreateGpuInstanceWithPlacement", gpu.handle, gi["profile_id"],
+                                          ctypes.byref(placement), what="recreate GPU instance %s" % gi["profile"],
+                                          gpu=gpu)
+                    steps.append("recreate GPU instance %s at memory slices %s" % (gi["profile"],
+                                                                                   _slices(gi["placement"])))
+                except NvmlError as exc:
+                    problems.append("recreate GPU instance %s at memory slices %s: %s"
+                                    % (gi["profile"], _slices(gi["placement"]), exc.message))
+                    continue
+            else:
+                handle = session.call("nvmlDeviceGetGpuInstanceById", gpu.handle, have["id"],
+                                      what="open a GPU instance", gpu=gpu)
+            for ci in gi["compute_instances"]:
+                if _ci_key(ci) in have_cis:
+                    continue
+                attempt("recreate compute instance %s at compute slice(s) %s" % (ci["profile"],
+                                                                                 _slices(ci["placement"])),
+                        _create_ci, session, gpu, handle, ci)
+    after = snapshot(session, gpu, work.catalog)
+    restored = layout_signature(after) == layout_signature(before)
+    if not restored and not problems:
+        problems.append("the GPU's instances differ from before")
+    return {"gpu": gpu.index, "restored": restored, "problems": problems, "steps": steps,
+            "instances": after["instances"]}
+
+
+def _destroy_ci(session, gpu, gi_handle, ci_id):
+    ci = session.call("nvmlGpuInstanceGetComputeInstanceById", gi_handle, ci_id, what="open a compute instance",
+                      gpu=gpu)
+    session.call("nvmlComputeInstanceDestroy", ci, what="destroy a compute instance", gpu=gpu)
+
+
+def _create_ci(session, gpu, gi_handle, ci):
+    nvml = session.pynvml
+    info = session.call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi_handle, planner.CI_PROFILE_INDEX[ci["slices"]],
+                        nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, what="read a compute-instance profile",
+                        gpu=gpu)
+    placement = nvml.c_nvmlComputeInstancePlacement_t()
+    placement.start, placement.size = ci["placement"]["start"], ci["placement"]["size"]
+    session.call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi_handle, info.id, ctypes.byref(placement),
+                 what="recreate compute instance %s" % ci["profile"], gpu=gpu)
+
+
+# -- the whole run ---------------------------------------------------------------------------------------
+
+def _reset(session, works, options):
+    """nvidia-smi -r -i BUS_IDS for GPUs whose mode change is pending; returns an error text or None."""
+    bus_ids = [w.gpu.bus_id for w in works]
+    if not options.nvidia_smi or options.run_command is None:
+        return "nvidia-smi was not found, so the GPU(s) %s cannot be reset" % ", ".join(bus_ids)
+    argv = [options.nvidia_smi, "-r", "-i", ",".join(bus_ids)]
+    rc, out, err = options.run_command(argv)
+    if rc != 0:
+        return "`%s` failed (rc=%s): %s" % (" ".join(argv), rc, (err or out or "").strip())
+    for work in works:
+        work.gpu.handle = session.call("nvmlDeviceGetHandleByUUID", work.gpu.uuid,
+                                       what="reopen the GPU after the reset", gpu=work.gpu)
+    return None
+
+
+def _gpu_result(work, after_state, executed):
+    gpu, catalog = work.gpu, work.catalog
+    return {
+        "index": gpu.index,
+        "uuid": gpu.uuid,
+        "bus_id": gpu.bus_id,
+        "name": gpu.name,
+        "pci_device_id": gpu.pci_device_id,
+        "config_entry": work.target.source,
+        "changed": bool(executed),
+        "before": describe_layout(work.state, catalog),
+        "after": describe_layout(after_state, catalog),
+        "plan": work.steps,
+        "executed": executed,
+        "reset_required": work.reset_required,
+        "reboot_required": work.reboot_required,
+        "layout_applied": not work.layout_deferred,
+        "slice_map": {"before": render_map(gpu, work.state, catalog), "after": render_map(gpu, after_state, catalog)},
+    }
+
+
+def _predicted_state(work):
+    state = work.state
+    if state["mode"] is None:
+        return state
+    want = 1 if work.target.mode == "enabled" else 0
+    current, pending = state["mode"]
+    if want != current and not work.resetless and not work.needs_reset:
+        return {"mode": (current, want), "instances": [] if not want else state["instances"]}
+    if not want:
+        return {"mode": (0, 0), "instances": []}
+    if work.layout_plan is not None:
+        return {"mode": (1, 1), "instances": planner.predicted_instances(work.catalog, work.layout_plan)}
+    return {"mode": (1, 1), "instances": state["instances"] if current else []}
+
+
+def apply(session, targets, options):
+    """Validate and plan every target, then (unless check mode) execute; returns the result dict."""
+    works, errors = [], []
+    for target in targets:
+        try:
+            works.append(plan_work(session, target, options))
+        except MigError as exc:
+            errors.append(exc)
+    if errors:
+        kinds = sorted(set(e.kind for e in errors))
+        raise MigError("; ".join(e.message for e in errors) + " (nothing was changed)",
+                       kind=kinds[0] if len(kinds) == 1 else "invalid")
+    if options.check_mode:
+        results = []
+        for work in works:
+            if work.needs_reset and not options.nvidia_smi:
+                work.reboot_required = True
+            results.append(_gpu_result(work, _predicted_state(work), work.steps))
+        return _summary(results)
+
+    executors = dict((w.gpu.index, _Executor(session, w)) for w in works)
+    complete = set()
+    running = None
+    try:
+        for work in works:
+            running = work
+            for step in work.mode_steps:
+                executors[work.gpu.index].run(step)
+            if not work.layout_steps and not work.needs_reset:
+                complete.add(work.gpu.index)
+        pending = [w for w in works if w.needs_reset]
+        running = None
+        if pending:
+            problem = _reset(session, pending, options)
+            for work in pending:
+                mode = read_mode(session, work.gpu)
+                if mode[0] != (1 if work.target.mode == "enabled" else 0):
+                    work.reboot_required = work.reset_required = True
+                    work.reset_problem = problem or "the MIG mode is still pending after the reset"
+                    work.layout_deferred = bool(work.layout_steps)
+                    work.layout_steps = []
+                    complete.add(work.gpu.index)
+                else:
+                    executors[work.gpu.index].done.append(work.steps[len(work.mode_steps)])
+        for work in works:
+            if work.gpu.index in complete:
+                continue
+            running = work
+            for step in work.layout_steps:
+                executors[work.gpu.index].run(step)
+            complete.add(work.gpu.index)
+    except NvmlError as exc:
+        rollbacks = []
+        for work in reversed(works):
+            executor = executors[work.gpu.index]
+            if executor.done and work.gpu.index not in complete:
+                rollbacks.append(restore(session, work))
+        lines = [exc.message]
+        if running is not None and not executors[running.gpu.index].done:
+            lines.append("GPU %d is as it was (the failing step was its first change)" % running.gpu.index)
+        for rollback in rollbacks:
+            if rollback["restored"]:
+                lines.append("GPU %d was rolled back and is as it was (%d step(s) undone; recreated MIG devices "
+                             "have new UUIDs)" % (rollback["gpu"], len(rollback["steps"])))
+            else:
+                lines.append("GPU %d could NOT be fully restored: %s" % (rollback["gpu"],
+                                                                        "; ".join(rollback["problems"])))
+        done_gpus = sorted(i for i in complete if executors[i].done)
+        if done_gpus:
+            lines.append("GPU(s) %s were reconfigured completely before the failure and keep the new layout"
+                         % ", ".join(str(i) for i in done_gpus))
+        results = [_gpu_result(w, snapshot(session, w.gpu, w.catalog) if w.state["mode"] is not None else w.state,
+                               executors[w.gpu.index].done) for w in works]
+        summary = _summary(results)
+        summary["rollback"] = rollbacks
+        summary["failed_gpu"] = running.gpu.index if running is not None else None
+        raise MigError(". ".join(lines), kind=exc.kind, result=summary)
+
+    results = []
+    for work in works:
+        executed = executors[work.gpu.index].done
+        after = snapshot(session, work.gpu, work.catalog) if executed else work.state
+        result = _gpu_result(work, after, executed)
+        if getattr(work, "reset_problem", None):
+            result["reset_problem"] = work.reset_problem
+        results.append(result)
+    return _summary(results)
+
+
+def _summary(results):
+    plan = [step for r in results for step in r["plan"]]
+    return {
+        "changed": any(r["changed"] for r in results),
+        "gpus": results,
+        "plan": plan,
+        "reset_required": any(r["reset_required"] for r in results),
+        "reboot_required": any(r["reboot_required"] for r in results),
+        "diff": {
+            "before": "".join(r["slice_map"]["before"] + "\n" for r in results),
+            "after": "".join(r["slice_map"]["after"] + "\n" for r in results),
+        },
+    }

@@ -1,0 +1,324 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: nvidia_mig
+short_description: Declarative MIG layouts that change only what must change
+version_added: 0.1.0
+description:
+  - Sets the MIG mode of NVIDIA GPUs and makes their GPU instances (GIs) and compute instances (CIs) match a
+    layout given as mig-parted's map of MIG device profile to count, or a named config of a mig-parted v1
+    config file.
+  - Keeps every instance that already matches at its placement, destroys only what must go (the fewest
+    instances that let the target fit), and creates the rest with explicit placements. The plan is
+    deterministic.
+  - Validates everything (profiles, fit, busy GPUs) on every selected GPU before the first change.
+  - Atomic per GPU. If an NVML call fails part-way, what was created is destroyed and what was destroyed is
+    recreated at its old placement; the error says whether the GPU is back as it was.
+  - Serialised with a host-wide lock so two runs never reconfigure GPUs at once.
+  - On GPUs whose MIG mode change stays pending until a GPU reset (Ampere), resets the GPUs with
+    C(nvidia-smi -r -i) when O(reset=if_needed) and no process uses them; otherwise reports
+    RV(reset_required) and leaves the layout for the next run.
+author:
+  - gpuops.nvidia contributors
+requirements:
+  - nvidia-ml-py
+  - PyYAML, only for O(config_file)
+extends_documentation_fragment:
+  - gpuops.nvidia.devices
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Computes and returns the plan without any NVML write.
+  diff_mode:
+    support: full
+    details: Shows a fixed-width map of each GPU's memory slices before and after.
+  platform:
+    platforms: posix
+options:
+  mode:
+    description:
+      - The MIG mode the selected GPUs should have.
+      - Defaults to V(enabled) when O(layout) is given.
+      - With V(disabled), every GPU and compute instance on the GPU is destroyed first.
+    type: str
+    choices: [enabled, disabled]
+  layout:
+    description:
+      - 'MIG devices per profile, as in mig-parted, e.g. C({"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}).'
+      - Profile names are those the GPU reports through NVML, including media-engine variants such as
+        C(1g.10gb+me), C(1g.24gb-me), C(1g.24gb+gfx) or C(1g.24gb+me.all). An unknown name is an error that
+        lists the profiles of that GPU.
+      - 'A compute-instance-qualified profile such as C(1c.3g.40gb) asks for compute instances packed into
+        shared GPU instances of that profile; C({"1c.3g.40gb": 3}) is one C(3g.40gb) GI holding three
+        one-slice CIs. A plain C(3g.40gb) is a GI with one CI spanning it.'
+      - The layout is exact; instances not in it are destroyed. V({}) (or omitting it) sets the mode only and
+        leaves instances alone.
+    type: dict
+  config_file:
+    description:
+      - A mig-parted v1 config file on the managed node (C(version) V(v1), C(mig-configs)), read as strictly as
+        mig-parted reads it. Apply the config named O(config_name) to the GPUs each of its entries selects
+        (by C(devices) and C(device-filter)), within O(devices) and O(device_filter).
+      - Mutually exclusive with O(layout) and O(mode).
+    type: path
+  config_name:
+    description:
+      - The config of O(config_file) to apply. May be omitted when the file has only one.
+    type: str
+  reset:
+    description:
+      - What to do when a MIG mode change stays pending until a GPU reset (Ampere GPUs).
+      - V(if_needed) resets those GPUs with C(nvidia-smi -r -i BUS_IDS) once no process uses them, then applies
+        the layout. If the reset fails (for example in a VM with GPU passthrough), RV(reboot_required) is set.
+      - V(never) leaves the change pending, sets RV(reset_required) and does not apply the layout.
+    type: str
+    choices: [if_needed, never]
+    default: if_needed
+  allow_busy_kept_instances:
+    description:
+      - By default the module refuses to touch a GPU on which compute processes run when the plan destroys
+        anything there. With V(true) it proceeds if the processes run only on instances the plan keeps.
+      - Processes on instances that must be destroyed, or on a GPU whose mode must change, always stop the run.
+    type: bool
+    default: false
+  lock_file:
+    description:
+      - The host-wide lock file. Defaults to E(GPUOPS_MIG_LOCK_FILE) or C(/run/gpuops-nvidia/mig.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for the host lock before failing.
+    type: int
+    default: 300
+notes:
+  - Needs root on the managed node (use become).
+  - MIG devices that are recreated get new UUIDs; kept ones keep theirs.
+  - GPU instances and compute instances do not survive a reboot or GPU reset, and on Hopper and later neither
+    does the MIG mode. Apply the layout at boot, e.g. with this collection's mig role.
+seealso:
+  - module: gpuops.nvidia.nvidia_gpu_info
+  - name: mig-parted
+    description: NVIDIA's MIG partition editor, whose config format this module reads.
+    link: https://github.com/NVIDIA/mig-parted
+"""
+
+EXAMPLES = r"""
+- name: Three MIG devices on every H100
+  gpuops.nvidia.nvidia_mig:
+    device_filter: ["0x233010DE"]
+    layout:
+      3g.40gb: 1
+      2g.20gb: 1
+      1g.10gb: 1
+
+- name: One 3g GPU instance shared by three compute instances, on GPU 0 only
+  gpuops.nvidia.nvidia_mig:
+    devices: [0]
+    layout:
+      1c.3g.40gb: 3
+
+- name: Enable MIG without creating instances; never reset an Ampere GPU
+  gpuops.nvidia.nvidia_mig:
+    mode: enabled
+    reset: never
+  register: mig
+
+- name: Tell the operator that a reset or reboot is due
+  ansible.builtin.debug:
+    msg: "MIG mode change pending on {{ inventory_hostname }}"
+  when: mig.reset_required
+
+- name: Apply a named config of a mig-parted config file
+  gpuops.nvidia.nvidia_mig:
+    config_file: /etc/nvidia-mig-manager/config.yaml
+    config_name: all-balanced
+
+- name: Show what would change, without changing anything
+  gpuops.nvidia.nvidia_mig:
+    layout: {"7g.80gb": 1}
+  check_mode: true
+  diff: true
+
+- name: Disable MIG
+  gpuops.nvidia.nvidia_mig:
+    mode: disabled
+"""
+
+RETURN = r"""
+gpus:
+  description: One entry per GPU the run selected.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    index:
+      description: NVML index.
+      type: int
+    uuid:
+      description: GPU UUID.
+      type: str
+    bus_id:
+      description: PCI bus id.
+      type: str
+    name:
+      description: Product name.
+      type: str
+    changed:
+      description: Whether this GPU was (or in check mode would be) changed.
+      type: bool
+    before:
+      description:
+        - MIG mode, pending mode, devices per profile (C(devices)) and the GPU instances with their
+          ids, profiles, placements and compute instances (ids, profiles, placements, MIG device UUIDs).
+      type: dict
+    after:
+      description: The same after the run; in check mode the prediction (ids and UUIDs of new instances null).
+      type: dict
+    plan:
+      description: The steps for this GPU, in order (see RV(plan)).
+      type: list
+      elements: dict
+    executed:
+      description: The steps that ran; in check mode, the steps that would run.
+      type: list
+      elements: dict
+    reset_required:
+      description: A MIG mode change on this GPU waits for a GPU reset or reboot.
+      type: bool
+    reboot_required:
+      description: The GPU could not be reset (or nvidia-smi is missing); reboot the node to apply the mode.
+      type: bool
+    layout_applied:
+      description: False when the layout waits for a pending mode change.
+      type: bool
+    slice_map:
+      description: One-line maps of the memory slices, C(before) and C(after).
+      type: dict
+  sample:
+    - index: 0
+      name: NVIDIA H100 80GB HBM3
+      changed: true
+      before: {mig_capable: true, mig_mode: enabled, mig_mode_pending: enabled, devices: {"7g.80gb": 1}}
+      after: {mig_capable: true, mig_mode: enabled, mig_mode_pending: enabled,
+              devices: {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}}
+      reset_required: false
+      reboot_required: false
+plan:
+  description:
+    - Every step, for all GPUs, in execution order. Each has C(gpu), C(action) (C(destroy_compute_instance),
+      C(destroy_gpu_instance), C(set_mig_mode), C(reset_gpu), C(create_gpu_instance),
+      C(create_compute_instance)), C(description), and the profile, placement and ids the step concerns.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - gpu: 0
+      action: create_gpu_instance
+      profile: 3g.40gb
+      placement: {start: 0, size: 4}
+      description: "GPU 0: create GPU instance 3g.40gb at memory slices 0-3"
+reset_required:
+  description: Some GPU's MIG mode change waits for a GPU reset or reboot; its layout was not applied.
+  returned: always
+  type: bool
+reboot_required:
+  description: Some GPU could not be reset; a reboot applies the pending MIG mode.
+  returned: always
+  type: bool
+rollback:
+  description: On failure, per GPU whose change was under way, whether it was restored and what could not be.
+  returned: when an NVML step failed
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import (
+    PYNVML_IMPORT_ERROR,
+    NvmlError,
+    NvmlSession,
+)
+from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config as mig_config
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import (
+    HostLock,
+    MigError,
+    Options,
+    Target,
+    apply,
+)
+
+
+def _targets(module, session, configs):
+    params = module.params
+    gpus = session.select(params["devices"], params["device_filter"])
+    if configs is None:
+        mode = params["mode"] or "enabled"
+        return [Target(gpu, mode, params["layout"]) for gpu in gpus]
+    name = params["config_name"]
+    entries = mig_config.select_config(configs, name, params["config_file"])
+    return [Target(gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"],
+                   source=name) for gpu, entry in mig_config.targets_for(entries, gpus, name or "config")]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            devices=dict(type="raw", default="all"),
+            device_filter=dict(type="list", elements="str"),
+            mode=dict(type="str", choices=["enabled", "disabled"]),
+            layout=dict(type="dict"),
+            config_file=dict(type="path"),
+            config_name=dict(type="str"),
+            reset=dict(type="str", choices=["if_needed", "never"], default="if_needed"),
+            allow_busy_kept_instances=dict(type="bool", default=False),
+            lock_file=dict(type="path"),
+            lock_timeout=dict(type="int", default=300),
+        ),
+        mutually_exclusive=[("layout", "config_file"), ("mode", "config_file")],
+        required_one_of=[("mode", "layout", "config_file")],
+        required_by={"config_name": "config_file"},
+        supports_check_mode=True,
+    )
+    if PYNVML_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR)
+    configs = None
+    if module.params["config_file"]:
+        if mig_config.YAML_IMPORT_ERROR:
+            module.fail_json(msg=missing_required_lib("PyYAML"), exception=mig_config.YAML_IMPORT_ERROR)
+    options = Options(check_mode=module.check_mode, reset=module.params["reset"],
+                      allow_busy_kept_instances=module.params["allow_busy_kept_instances"],
+                      run_command=lambda argv: module.run_command(argv), nvidia_smi=module.get_bin_path("nvidia-smi"))
+    try:
+        if module.params["config_file"]:
+            configs = mig_config.load(module.params["config_file"])
+        with HostLock(module.params["lock_file"], module.params["lock_timeout"]):
+            with NvmlSession() as session:
+                targets = _targets(module, session, configs)
+                result = apply(session, targets, options)
+    except mig_config.ConfigError as exc:
+        module.fail_json(msg=exc.message, changed=False)
+    except MigError as exc:
+        details = dict(exc.result)
+        details.pop("diff", None)
+        module.fail_json(msg=exc.message, kind=exc.kind, **details)
+    except NvmlError as exc:
+        module.fail_json(msg=exc.message, kind=exc.kind, changed=False)
+    if not targets:
+        module.warn("no GPU was selected (devices / device_filter / config entries select none)")
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
