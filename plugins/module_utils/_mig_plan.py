@@ -196,23 +196,23 @@ def spec_devices(catalog, specs):
 def explain_infeasible(catalog, specs, where="this GPU"):
     """Why `specs` cannot fit on an empty GPU, or None if they fit."""
     counts = {}
-    for name, _ in specs:
+    for name, _unused in specs:
         counts[name] = counts.get(name, 0) + 1
     for name in sorted(counts):
         limit = catalog.profiles[name]["max_instances"]
         if counts[name] > limit:
             return ("the layout needs %d GPU instances of %s but %s allows at most %d"
                     % (counts[name], name, where, limit))
-    memory = sum(catalog.size(name) for name, _ in specs)
+    memory = sum(catalog.size(name) for name, _unused in specs)
     if memory > catalog.memory_slices:
         return ("the layout needs %d memory slices but %s has %d (%s)"
                 % (memory, where, catalog.memory_slices,
                    ", ".join("%s uses %d" % (n, catalog.size(n)) for n in sorted(counts))))
-    compute = sum(catalog.slices(name) for name, _ in specs)
+    compute = sum(catalog.slices(name) for name, _unused in specs)
     if compute > catalog.compute_slices:
         return ("the layout needs %d compute slices but %s has %d"
                 % (compute, where, catalog.compute_slices))
-    items = [(name, catalog.size(name)) for name, _ in specs]
+    items = [(name, catalog.size(name)) for name, _unused in specs]
     if place_items(items, lambda i: catalog.starts(items[i][0]), []) is None:
         return ("the profiles conflict: no arrangement of their placements fits on %s (%s)"
                 % (where, "; ".join("%s can only start at memory slice %s" % (
@@ -305,7 +305,7 @@ def plan_gpu(catalog, current, specs, where="this GPU"):
     enumerate_(0, {}, [], 0)
     assignments.sort(key=lambda a: (a[0], sum(1 for c in a[2] if c[1] is None), a[1]))
 
-    for cost, _, picked in assignments:
+    for cost, _unused, picked in assignments:
         remaining = list(specs)
         taken = []
         for gi, choice in zip(current, picked):
@@ -316,7 +316,7 @@ def plan_gpu(catalog, current, specs, where="this GPU"):
         for gi, choice in zip(current, picked):
             if choice[1] is not None:
                 counts[gi["profile"]] = counts.get(gi["profile"], 0) + 1
-        for name, _ in remaining:
+        for name, _unused in remaining:
             counts[name] = counts.get(name, 0) + 1
         if any(counts[n] > catalog.profiles[n]["max_instances"] for n in counts):
             continue
@@ -332,7 +332,7 @@ def plan_gpu(catalog, current, specs, where="this GPU"):
                 plan.destroy_gis.append(gi)
                 continue
             plan.kept.append(gi)
-            destroyed, _, creates = choice[2]
+            destroyed, _unused, creates = choice[2]
             plan.destroy_cis.extend((gi, ci) for ci in destroyed)
             plan.create_cis.extend((gi["placement"]["start"], gi["profile"], size, start)
                                    for size, start in creates)

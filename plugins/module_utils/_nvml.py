@@ -118,7 +118,7 @@ class Gpu:
     def matches_filter(self, device_filter):
         """mig-parted's device-filter: `0xDDDDVVVV` or `0xDDDDVVVV:0xSSSSVVVV`, case-insensitive."""
         for item in device_filter:
-            device_id, _, subsystem_id = item.upper().replace("0X", "0x").partition(":")
+            device_id, _unused, subsystem_id = item.upper().replace("0X", "0x").partition(":")
             if device_id == self.pci_device_id.upper().replace("0X", "0x") and (
                     not subsystem_id or subsystem_id == self.pci_subsystem_id.upper().replace("0X", "0x")):
                 return True

@@ -19,7 +19,7 @@ description:
   - Sets them as the facts C(nvidia_gpus) and C(nvidia_driver).
   - Read-only; safe on a production node and in check mode.
 author:
-  - gpuops.nvidia contributors
+  - gpuops.nvidia contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.nvidia.devices
   - ansible.builtin.action_common_attributes
@@ -31,6 +31,8 @@ attributes:
     support: none
   facts:
     support: full
+  platform:
+    platforms: posix
 options:
   gather:
     description:

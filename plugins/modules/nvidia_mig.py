@@ -27,7 +27,7 @@ description:
     C(nvidia-smi -r -i) when O(reset=if_needed) and no process uses them; otherwise reports
     RV(reset_required) and leaves the layout for the next run.
 author:
-  - gpuops.nvidia contributors
+  - gpuops.nvidia contributors (@gpuops)
 requirements:
   - nvidia-ml-py
   - PyYAML, only for O(config_file)

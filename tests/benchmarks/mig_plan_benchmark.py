@@ -96,9 +96,9 @@ def feasible(cat, current, kept, specs):
     def assign(position, remaining, taken):
         if position == len(kept_items):
             counts = {}
-            for name, _ in remaining:
+            for name, _unused in remaining:
                 counts[name] = counts.get(name, 0) + 1
-            for index, _ in kept_items:
+            for index, _unused in kept_items:
                 counts[current[index]["profile"]] = counts.get(current[index]["profile"], 0) + 1
             if any(counts[n] > cat.profiles[n]["max_instances"] for n in counts):
                 return False

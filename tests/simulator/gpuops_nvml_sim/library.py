@@ -253,7 +253,7 @@ class SimulatedLibrary(object):
         raise NvmlFailure(ERROR_INVALID_ARGUMENT)
 
     def _gpu_instance(self, state, handle):
-        kind, index, gi_id, _ = decode_handle(handle)
+        kind, index, gi_id, _unused = decode_handle(handle)
         if kind != KIND_GI:
             raise NvmlFailure(ERROR_INVALID_ARGUMENT)
         gpu = self._gpu(state, index)
@@ -362,7 +362,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetName(self, state, handle, buffer, length):
-        _, gpu, spec, mig = self._device(state, handle, allow_mig=True)
+        _unused, gpu, spec, mig = self._device(state, handle, allow_mig=True)
         name = spec["name"]
         if mig:
             name = "%s %s" % (name, self._mig_profile_name(spec, *mig))
@@ -375,7 +375,7 @@ class SimulatedLibrary(object):
         return models.ci_profile(gi_profile, ci["profile_id"])["name"]
 
     def nvmlDeviceGetUUID(self, state, handle, buffer, length):
-        _, gpu, _, mig = self._device(state, handle, allow_mig=True)
+        _unused, gpu, _unused, mig = self._device(state, handle, allow_mig=True)
         _set_string(buffer, length, mig[1]["uuid"] if mig else gpu["uuid"])
         return SUCCESS
 
@@ -392,7 +392,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetPciInfo_v3(self, state, handle, out):
-        _, gpu, spec, _ = self._device(state, handle, allow_mig=True)
+        _unused, gpu, spec, _unused = self._device(state, handle, allow_mig=True)
         domain, bus, rest = gpu["bus_id"].split(":")
         device = rest.split(".")[0]
         _fill(_target(out), {
@@ -403,7 +403,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetMemoryInfo(self, state, handle, out):
-        _, gpu, spec, mig = self._device(state, handle, allow_mig=True)
+        _unused, gpu, spec, mig = self._device(state, handle, allow_mig=True)
         if mig:
             gi, ci = mig
             total = models.gi_profile_by_id(spec, gi["profile_id"])["memorySizeMB"] * 1024 * 1024
@@ -458,7 +458,7 @@ class SimulatedLibrary(object):
     # -- processes --------------------------------------------------------------------------------------
 
     def _processes(self, state, handle, count, array):
-        _, gpu, _, mig = self._device(state, handle, allow_mig=True)
+        _unused, gpu, _unused, mig = self._device(state, handle, allow_mig=True)
         processes = gpu["processes"]
         if mig:
             processes = [p for p in processes
@@ -508,7 +508,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceSetComputeMode(self, state, handle, mode):
-        _, gpu, _, mig = self._device(state, handle, allow_mig=True)
+        _unused, gpu, _unused, mig = self._device(state, handle, allow_mig=True)
         mode = _value(mode)
         if mode == COMPUTE_MODE_EXCLUSIVE_THREAD:
             return ERROR_NOT_SUPPORTED
@@ -523,7 +523,7 @@ class SimulatedLibrary(object):
     # -- MIG mode -------------------------------------------------------------------------------------
 
     def nvmlDeviceGetMigMode(self, state, handle, current, pending):
-        _, gpu, spec, _ = self._device(state, handle)
+        _unused, gpu, spec, _unused = self._device(state, handle)
         if not models.mig_capable(spec):
             return ERROR_NOT_SUPPORTED
         _target(current).value = gpu["mig_current"]
@@ -531,7 +531,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceSetMigMode(self, state, handle, mode, activation_status):
-        _, gpu, spec, _ = self._device(state, handle)
+        _unused, gpu, spec, _unused = self._device(state, handle)
         mode = _value(mode)
         if not models.mig_capable(spec):
             return ERROR_NOT_SUPPORTED
@@ -555,7 +555,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetMaxMigDeviceCount(self, state, handle, out):
-        _, gpu, spec, _ = self._device(state, handle)
+        _unused, gpu, spec, _unused = self._device(state, handle)
         _target(out).value = spec["max_mig_devices"] if gpu["mig_current"] else 0
         return SUCCESS
 
@@ -566,7 +566,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, state, handle, index, out):
-        gpu_index, gpu, spec, _ = self._device(state, handle)
+        gpu_index, gpu, spec, _unused = self._device(state, handle)
         index = _value(index)
         if not gpu["mig_current"]:
             return ERROR_NOT_FOUND
@@ -580,7 +580,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, state, handle, out):
-        kind, index, _, _ = decode_handle(handle)
+        kind, index, _unused, _unused = decode_handle(handle)
         if kind != KIND_MIG:
             return ERROR_INVALID_ARGUMENT
         self._device(state, handle, allow_mig=True)
@@ -647,7 +647,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetGpuInstanceRemainingCapacity(self, state, handle, profile_id, out):
-        _, gpu, spec, _ = self._device(state, handle)
+        _unused, gpu, spec, _unused = self._device(state, handle)
         profile = self._profile(spec, profile_id)
         instances = gpu["gpu_instances"] if gpu["mig_current"] else []
         existing = len([gi for gi in instances if gi["profile_id"] == profile["id"]])
@@ -656,7 +656,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def _create_gi(self, state, handle, profile_id, placement, out):
-        index, gpu, spec, _ = self._device(state, handle)
+        index, gpu, spec, _unused = self._device(state, handle)
         profile = self._profile(spec, profile_id)
         self._require_root(state)
         if not gpu["mig_current"]:
@@ -690,7 +690,7 @@ class SimulatedLibrary(object):
         return self._create_gi(state, handle, profile_id, placement, out)
 
     def nvmlDeviceGetGpuInstances(self, state, handle, profile_id, instances, count):
-        index, gpu, spec, _ = self._device(state, handle)
+        index, gpu, spec, _unused = self._device(state, handle)
         profile = self._profile(spec, profile_id)
         matching = [gi for gi in gpu["gpu_instances"] if gi["profile_id"] == profile["id"]] if gpu["mig_current"] else []
         counter = _target(count)
@@ -708,7 +708,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetGpuInstanceById(self, state, handle, gi_id, out):
-        index, gpu, _, _ = self._device(state, handle)
+        index, gpu, _unused, _unused = self._device(state, handle)
         if not gpu["mig_current"]:
             return ERROR_NOT_SUPPORTED
         gi_id = _value(gi_id)
@@ -718,7 +718,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlGpuInstanceGetInfo(self, state, handle, out):
-        index, _, _, gi = self._gpu_instance(state, handle)
+        index, _unused, _unused, gi = self._gpu_instance(state, handle)
         info = _target(out)
         _set_struct_handle(info, "device", encode_handle(KIND_GPU, index))
         info.id = gi["id"]
@@ -728,7 +728,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlGpuInstanceDestroy(self, state, handle):
-        _, gpu, _, gi = self._gpu_instance(state, handle)
+        _unused, gpu, _unused, gi = self._gpu_instance(state, handle)
         self._require_root(state)
         if gi["compute_instances"] or [p for p in gpu["processes"] if p["gpu_instance_id"] == gi["id"]]:
             return ERROR_IN_USE
@@ -750,7 +750,7 @@ class SimulatedLibrary(object):
         kind = decode_handle(handle)[0]
         if kind != KIND_GI:
             return ERROR_INVALID_ARGUMENT
-        _, _, spec, gi = self._gpu_instance(state, handle)
+        _unused, _unused, spec, gi = self._gpu_instance(state, handle)
         if _value(engine_profile) != 0:
             return ERROR_INVALID_ARGUMENT
         _fill(_target(out), self._ci_profile(spec, gi, ci_profile_id))
@@ -760,7 +760,7 @@ class SimulatedLibrary(object):
     nvmlGpuInstanceGetComputeInstanceProfileInfoV = _ci_profile_info
 
     def nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, state, handle, ci_profile_id, out):
-        _, _, spec, gi = self._gpu_instance(state, handle)
+        _unused, _unused, spec, gi = self._gpu_instance(state, handle)
         profile = self._ci_profile(spec, gi, ci_profile_id)
         existing = len([ci for ci in gi["compute_instances"] if ci["profile_id"] == profile["id"]])
         room = free_placements(profile["placements"], [(ci["start"], ci["size"]) for ci in gi["compute_instances"]])
@@ -768,7 +768,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, state, handle, ci_profile_id, placements, count):
-        _, _, spec, gi = self._gpu_instance(state, handle)
+        _unused, _unused, spec, gi = self._gpu_instance(state, handle)
         profile = self._ci_profile(spec, gi, ci_profile_id)
         counter = _target(count)
         if placements is None:
@@ -819,7 +819,7 @@ class SimulatedLibrary(object):
         return self._create_ci(state, handle, ci_profile_id, placement, out)
 
     def nvmlGpuInstanceGetComputeInstances(self, state, handle, ci_profile_id, instances, count):
-        index, _, spec, gi = self._gpu_instance(state, handle)
+        index, _unused, spec, gi = self._gpu_instance(state, handle)
         profile = self._ci_profile(spec, gi, ci_profile_id)
         matching = sorted([ci for ci in gi["compute_instances"] if ci["profile_id"] == profile["id"]],
                           key=lambda c: c["id"])
@@ -838,7 +838,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlGpuInstanceGetComputeInstanceById(self, state, handle, ci_id, out):
-        index, _, _, gi = self._gpu_instance(state, handle)
+        index, _unused, _unused, gi = self._gpu_instance(state, handle)
         ci_id = _value(ci_id)
         if not [ci for ci in gi["compute_instances"] if ci["id"] == ci_id]:
             return ERROR_NOT_FOUND
@@ -846,7 +846,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlComputeInstanceGetInfo_v2(self, state, handle, out):
-        index, _, gi, ci = self._compute_instance(state, handle)
+        index, _unused, gi, ci = self._compute_instance(state, handle)
         info = _target(out)
         _set_struct_handle(info, "device", encode_handle(KIND_GPU, index))
         _set_struct_handle(info, "gpuInstance", encode_handle(KIND_GI, index, gi["id"]))
@@ -857,7 +857,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlComputeInstanceDestroy(self, state, handle):
-        _, gpu, gi, ci = self._compute_instance(state, handle)
+        _unused, gpu, gi, ci = self._compute_instance(state, handle)
         self._require_root(state)
         if [p for p in gpu["processes"]
                 if p["gpu_instance_id"] == gi["id"] and p["compute_instance_id"] == ci["id"]]:

@@ -50,7 +50,7 @@ def parse_gpu_spec(text):
         item = item.strip()
         if not item:
             continue
-        name, _, count = item.partition(":")
+        name, _unused, count = item.partition(":")
         models.model(name)
         try:
             count = int(count) if count else 1

@@ -58,7 +58,7 @@ def capture_like_the_real_one():
             except N.NVMLError as exc:
                 entry.update(error=str(exc), code=exc.value)
             else:
-                entry["info"] = {f: getattr(info, f) for f, _ in info._fields_ if f != "version"}
+                entry["info"] = {f: getattr(info, f) for f, _unused in info._fields_ if f != "version"}
                 count = ctypes.c_uint(0)
                 array = (N.c_nvmlGpuInstancePlacement_t * 32)()
                 N.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, array, ctypes.byref(count))

@@ -134,7 +134,7 @@ def test_plan_is_deterministic():
     cat = catalog()
     current = realise(cat, {"1g.10gb": 7})
     first = planner.plan_gpu(cat, current, planner.expand_layout(cat, {"2g.20gb": 2, "1g.10gb": 3}))
-    for _ in range(3):
+    for _unused in range(3):
         again = planner.plan_gpu(cat, current, planner.expand_layout(cat, {"2g.20gb": 2, "1g.10gb": 3}))
         assert [g["id"] for g in again.destroy_gis] == [g["id"] for g in first.destroy_gis]
         assert again.create_gis == first.create_gis
