@@ -732,8 +732,8 @@ def apply(session, targets, options):
                 lines.append("GPU %d was rolled back and is as it was (%d step(s) undone; recreated MIG devices "
                              "have new UUIDs)" % (rollback["gpu"], len(rollback["steps"])))
             else:
-                lines.append("GPU %d could NOT be fully restored: %s" % (rollback["gpu"],
-                                                                        "; ".join(rollback["problems"])))
+                problems = "; ".join(rollback["problems"])
+                lines.append("GPU %d could NOT be fully restored: %s" % (rollback["gpu"], problems))
         done_gpus = sorted(i for i in complete if executors[i].done)
         if done_gpus:
             lines.append("GPU(s) %s were reconfigured completely before the failure and keep the new layout"

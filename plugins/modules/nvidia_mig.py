@@ -297,7 +297,7 @@ def main():
             module.fail_json(msg=missing_required_lib("PyYAML"), exception=mig_config.YAML_IMPORT_ERROR)
     options = Options(check_mode=module.check_mode, reset=module.params["reset"],
                       allow_busy_kept_instances=module.params["allow_busy_kept_instances"],
-                      run_command=lambda argv: module.run_command(argv), nvidia_smi=module.get_bin_path("nvidia-smi"))
+                      run_command=module.run_command, nvidia_smi=module.get_bin_path("nvidia-smi"))
     try:
         if module.params["config_file"]:
             configs = mig_config.load(module.params["config_file"])

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """MIG plan benchmark (not a test): instances destroyed by nvidia_mig's planner vs mig-parted's
 destroy-all vs an independent brute-force minimum, over every transition between common layouts.
 
@@ -146,12 +146,12 @@ def main():
             minimum += best
             worse += plan.cost > best
         all_times.extend(times)
-        print("%-11s %5d %9d %12d %11d %8d %10.2f %10.2f" % (model, pairs, ours, destroy_all, minimum, worse,
-                                                           statistics.mean(times), max(times)))
+        row = (model, pairs, ours, destroy_all, minimum, worse, statistics.mean(times), max(times))
+        print("%-11s %5d %9d %12d %11d %8d %10.2f %10.2f" % row)
         for i, value in enumerate((pairs, ours, destroy_all, minimum, worse)):
             totals[i] += value
-    print("%-11s %5d %9d %12d %11d %8d %10.2f %10.2f" % ("all", totals[0], totals[1], totals[2], totals[3],
-                                                       totals[4], statistics.mean(all_times), max(all_times)))
+    row = ("all",) + tuple(totals) + (statistics.mean(all_times), max(all_times))
+    print("%-11s %5d %9d %12d %11d %8d %10.2f %10.2f" % row)
     return 1 if totals[4] else 0
 
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Boot Debian nodes as ``systemd-nspawn -b`` containers for the Molecule harness and ``make demo``.
 
 Sub-commands (all print JSON on success, a clear message and the boot-log tail on failure):
@@ -71,7 +71,7 @@ def cache_dir():
 def run(argv, timeout=600, check=True, **kw):
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout, **kw)
+                              timeout=timeout, check=False, **kw)
     except subprocess.TimeoutExpired as exc:
         raise NodeError(f"{argv[0]} timed out after {timeout}s: {' '.join(argv)}\n"
                         f"{(exc.output or '')[-3000:]}") from None
