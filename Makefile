@@ -10,7 +10,7 @@ SANITY_ROOT := $(CURDIR)/.build/sanity/ansible_collections/gpuops/nvidia
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PYTHONPATH := $(COLLECTIONS)
 
-.PHONY: help venv collection-link test unit sanity lint build demo clean
+.PHONY: help venv collection-link test unit sanity lint build build-check demo clean
 
 help:
 	@echo "make demo   - boot a simulated 8 x H100 node, converge playbooks/site.yml on it, print what it did"
@@ -50,7 +50,16 @@ lint: venv collection-link
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist
 
-test: venv sanity unit lint molecule
+# The Galaxy tarball installs, and ansible-doc renders every module from the installed copy.
+build-check: build
+	rm -rf .build/installed
+	$(BIN)/ansible-galaxy collection install --force -p .build/installed .build/dist/gpuops-nvidia-*.tar.gz
+	cd /tmp && for m in $$(ls $(CURDIR)/plugins/modules | sed 's/\.py$$//'); do \
+		env -u PYTHONPATH ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/installed $(CURDIR)/$(BIN)/ansible-doc gpuops.nvidia.$$m \
+			| grep -q "^> MODULE gpuops.nvidia.$$m" || { echo "ansible-doc gpuops.nvidia.$$m failed"; exit 1; }; \
+		echo "ansible-doc gpuops.nvidia.$$m: renders from the installed copy"; done
+
+test: venv sanity unit lint build-check molecule
 
 clean:
 	rm -rf .build
