@@ -55,7 +55,7 @@ build-check: build
 	rm -rf .build/installed
 	$(BIN)/ansible-galaxy collection install --force -p .build/installed .build/dist/gpuops-nvidia-*.tar.gz
 	cd /tmp && for m in $$(ls $(CURDIR)/plugins/modules | sed 's/\.py$$//'); do \
-		env -u PYTHONPATH ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/installed $(CURDIR)/$(BIN)/ansible-doc gpuops.nvidia.$$m \
+		env -u PYTHONPATH ANSIBLE_NOCOLOR=1 ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build/installed $(CURDIR)/$(BIN)/ansible-doc gpuops.nvidia.$$m \
 			| grep -q "^> MODULE gpuops.nvidia.$$m" || { echo "ansible-doc gpuops.nvidia.$$m failed"; exit 1; }; \
 		echo "ansible-doc gpuops.nvidia.$$m: renders from the installed copy"; done
 
