@@ -592,9 +592,42 @@ class MpsDaemon:
             self._restore_compute_mode()
         except (MpsError, NvmlError) as exc:
             message += "; restoring the compute mode failed too: %s" % exc
-        raise MpsError("%s; last lines of %s:\n%s" % (message, os.path.join(self.config["log_directory"],
-                                                                             "control.log"), "\n".join(tail)),
-                       kind="start_failed", log_tail=tail)
+        path = os.path.join(self.config["log_directory"], "control.log")
+        raise MpsError("%s; last lines of %s:\n%s" % (message, path, "\n".join(tail)), kind="start_failed",
+                       log_tail=tail)
+
+    # -- the mps role's systemd unit (gpuops-mps@.service) runs these through gpuops_mps_helper.py ------
+
+    def service_pre_start(self):
+        """ExecStartPre: check the devices and set the compute mode (recorded for service_post_stop)."""
+        if self.config["compute_mode"] != "keep":
+            self._apply_compute_mode(self._resolve_devices())
+        return self.actions
+
+    def service_configure(self):
+        """ExecStartPost / ExecReload: wait for the daemon, then apply the defaults that differ."""
+        deadline = self.clock() + self.config["timeout"]
+        while not self.control.is_running():
+            if self.clock() >= deadline:
+                self._start_failed("the MPS control daemon did not come up on %s within %ss"
+                                   % (self.config["pipe_directory"], self.config["timeout"]))
+            self.sleep(0.2)
+        self._apply_defaults()
+        return self.actions
+
+    def service_stop(self):
+        """ExecStop: `quit`, then wait for the daemon to exit."""
+        if self.control.is_running():
+            pid = self.control.pid()
+            self.control.query("quit")
+            self._wait_exit(pid)
+            self.actions.append("stopped the MPS control daemon on %s" % self.config["pipe_directory"])
+        return self.actions
+
+    def service_post_stop(self):
+        """ExecStopPost: restore the compute mode recorded at start."""
+        self._restore_compute_mode()
+        return self.actions
 
     def _stop(self, running, reason=None):
         if running:
@@ -628,7 +661,7 @@ class MpsDaemon:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass
-            for _ in range(25):
+            for _attempt in range(25):
                 if not pid_alive(pid):
                     return
                 self.sleep(0.2)

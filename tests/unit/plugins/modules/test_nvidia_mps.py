@@ -78,6 +78,12 @@ def _make_mig_device(index=0):
     return uuid.decode() if isinstance(uuid, bytes) else uuid
 
 
+def with_changes(base, **changes):
+    result = dict(base)
+    result.update(changes)
+    return result
+
+
 def args(dirs, **extra):
     result = dict(dirs)
     result.update(extra)
@@ -128,7 +134,7 @@ def test_equivalent_memory_limit_is_not_a_change(mps, run):
 
 def test_limit_change_applies_without_restart(mps, run):
     first = run(nvidia_mps, args(mps, **FULL))
-    changed = dict(FULL, default_active_thread_percentage=50, default_device_pinned_mem_limit={0: "8G"})
+    changed = with_changes(FULL, default_active_thread_percentage=50, default_device_pinned_mem_limit={0: "8G"})
     result = run(nvidia_mps, args(mps, **changed), diff=True)
     assert result["changed"] and result["pid"] == first["pid"], result
     assert result["defaults"]["active_thread_percentage"] == 50.0
@@ -209,7 +215,7 @@ def test_stop_keeps_a_compute_mode_someone_else_changed(mps, sim, run):
 def test_stop_after_a_killed_daemon_cleans_up(mps, sim, run):
     started = run(nvidia_mps, args(mps, **FULL))
     os.kill(started["pid"], signal.SIGKILL)
-    for _ in range(50):
+    for _attempt in range(50):
         if not _mps.pid_alive(started["pid"]):
             break
         time.sleep(0.05)
@@ -234,7 +240,7 @@ def test_check_mode_start_changes_nothing(mps, sim, run):
 
 def test_check_mode_limit_change_and_stop(mps, sim, run):
     first = run(nvidia_mps, args(mps, **FULL))
-    result = run(nvidia_mps, args(mps, **dict(FULL, default_client_priority=0)), check_mode=True, diff=True)
+    result = run(nvidia_mps, args(mps, **with_changes(FULL, default_client_priority=0)), check_mode=True, diff=True)
     assert result["changed"]
     assert result["diff"]["after"]["defaults"]["client_priority"] == 0
     assert _control(mps, "get_default_client_priority") == (0, "1")
