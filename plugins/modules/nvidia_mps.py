@@ -26,7 +26,7 @@ description:
   - Settings that only a start sets (O(devices), O(log_directory), O(user), O(multiuser)) restart the daemon when
     they differ from the running daemon's, unless clients are connected, which fails unless O(state=restarted).
 author:
-  - gpuops.nvidia contributors
+  - gpuops.nvidia contributors (@gpuops)
 requirements:
   - The NVIDIA driver's C(nvidia-cuda-mps-control) on the managed node.
   - nvidia-ml-py (pynvml) when O(devices) is given or O(compute_mode) is not V(keep).
@@ -39,6 +39,7 @@ attributes:
     support: full
     description: Shows the daemon's running state and defaults before and after.
   platform:
+    support: full
     platforms: posix
     description: Linux with the NVIDIA driver.
 options:
