@@ -69,8 +69,11 @@ def _make_mig_device(index=0):
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         pynvml.nvmlDeviceSetMigMode(handle, 1)
-        gi = pynvml.nvmlDeviceCreateGpuInstance(handle, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE)
-        pynvml.nvmlGpuInstanceCreateComputeInstance(gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+        gi_profile = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE)
+        gi = pynvml.nvmlDeviceCreateGpuInstance(handle, gi_profile.id)
+        ci_profile = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+            gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+        pynvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile.id)
         mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)
         uuid = pynvml.nvmlDeviceGetUUID(mig)
     finally:
