@@ -1,0 +1,70 @@
+"""MPS scenario verifier: named and per-MIG-device daemons under systemd, defaults, files, removal."""
+
+import json
+
+STATE = "/var/lib/gpuops-nvml-sim/state.json"
+
+
+def control(host, instance, command):
+    return host.run("echo %s | CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps/%s nvidia-cuda-mps-control" % (command, instance))
+
+
+def mig_uuids(host):
+    state = json.loads(host.file(STATE).content_string)
+    uuids = []
+    for gi in state["gpus"][1]["gpu_instances"]:
+        uuids.extend(ci["uuid"] for ci in gi["compute_instances"])
+    return uuids
+
+
+def test_shared_instance_runs_with_its_defaults(host):
+    unit = host.service("gpuops-mps@shared.service")
+    assert unit.is_enabled and unit.is_running
+    assert control(host, "shared", "get_default_active_thread_percentage").stdout.strip() == "25.0"
+    assert control(host, "shared", "'get_default_device_pinned_mem_limit 0'").stdout.strip() == "20G"
+    assert control(host, "shared", "get_default_client_priority").stdout.strip() == "1"
+
+
+def test_shared_instance_serves_gpu0_in_exclusive_process(host):
+    state = json.loads(host.file(STATE).content_string)
+    pid = host.run("systemctl show -p MainPID --value gpuops-mps@shared.service").stdout.strip()
+    environ = host.file("/proc/%s/environ" % pid).content.split(b"\0")
+    assert ("CUDA_VISIBLE_DEVICES=%s" % state["gpus"][0]["uuid"]).encode() in environ
+    assert state["gpus"][0]["compute_mode"] == 3
+    assert state["gpus"][1]["compute_mode"] == 0  # MIG GPU left alone
+
+
+def test_pipe_and_log_directories(host):
+    pipe = host.file("/run/nvidia-mps/shared")
+    assert pipe.is_directory and pipe.mode == 0o755
+    assert host.file("/run/nvidia-mps/shared/control").is_socket
+    assert host.file("/var/log/nvidia-mps/shared/control.log").exists
+
+
+def test_client_environment_file(host):
+    env = host.file("/etc/gpuops/mps/shared.env").content_string
+    assert "CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps/shared" in env
+    assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20G" in env
+
+
+def test_one_daemon_per_mig_device(host):
+    uuids = mig_uuids(host)
+    assert len(uuids) == 2
+    for uuid in uuids:
+        assert host.service("gpuops-mps@%s.service" % uuid).is_running
+        assert control(host, uuid, "get_server_list").rc == 0
+        assert host.file("/etc/gpuops/mps/%s.env" % uuid).exists
+
+
+def test_removed_instance_is_gone(host):
+    assert not host.service("gpuops-mps@extra.service").is_running
+    assert not host.file("/etc/gpuops/mps/extra.env").exists
+    assert not host.file("/etc/gpuops/mps/daemon/extra.json").exists
+    assert not host.file("/etc/systemd/system/gpuops-mps@extra.service.d").exists
+    assert not host.file("/run/nvidia-mps/extra").exists
+
+
+def test_daemon_count(host):
+    # shared + 2 MIG devices; the stand-in names its daemons nvidia-cuda-mps-control
+    out = host.run("pgrep -c -x nvidia-cuda-mps").stdout.strip()
+    assert int(out or 0) == 3
