@@ -491,11 +491,16 @@ class SimulatedLibrary(object):
     # -- persistence and compute mode -------------------------------------------------------------------
 
     def nvmlDeviceGetPersistenceMode(self, state, handle, out):
-        _target(out).value = self._device(state, handle)[1]["persistence_mode"]
+        gpu = self._device(state, handle)[1]
+        if not gpu.get("persistence_supported", True):
+            return ERROR_NOT_SUPPORTED
+        _target(out).value = gpu["persistence_mode"]
         return SUCCESS
 
     def nvmlDeviceSetPersistenceMode(self, state, handle, mode):
         gpu = self._device(state, handle)[1]
+        if not gpu.get("persistence_supported", True):
+            return ERROR_NOT_SUPPORTED
         mode = _value(mode)
         if mode not in (0, 1):
             return ERROR_INVALID_ARGUMENT
