@@ -491,16 +491,11 @@ class SimulatedLibrary(object):
     # -- persistence and compute mode -------------------------------------------------------------------
 
     def nvmlDeviceGetPersistenceMode(self, state, handle, out):
-        gpu = self._device(state, handle)[1]
-        if not gpu.get("persistence_supported", True):
-            return ERROR_NOT_SUPPORTED
-        _target(out).value = gpu["persistence_mode"]
+        _target(out).value = self._device(state, handle)[1]["persistence_mode"]
         return SUCCESS
 
     def nvmlDeviceSetPersistenceMode(self, state, handle, mode):
         gpu = self._device(state, handle)[1]
-        if not gpu.get("persistence_supported", True):
-            return ERROR_NOT_SUPPORTED
         mode = _value(mode)
         if mode not in (0, 1):
             return ERROR_INVALID_ARGUMENT
