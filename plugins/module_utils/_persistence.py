@@ -154,6 +154,6 @@ def ensure(nvml, state, devices="all", device_filter=None, check_mode=False, run
         "warnings": warnings,
         "diff": {
             "before": dict((_diff_key(gpu), before) for gpu, before in plan),
-            "after": dict((_diff_key(gpu), state) for gpu, _ in plan),
+            "after": dict((_diff_key(gpu), state) for gpu, dummy in plan),
         },
     }

@@ -27,7 +27,7 @@ description:
     again when it restarts.
   - Setting persistence mode needs root (use C(become=true)); reading it does not.
 author:
-  - gpuops.nvidia contributors
+  - gpuops.nvidia contributors (@gpuops)
 requirements:
   - nvidia-ml-py (pynvml) on the managed node
   - the NVIDIA driver (libnvidia-ml.so.1) on the managed node
@@ -67,7 +67,8 @@ attributes:
     support: full
     description: Shows each selected GPU's persistence mode before and after.
   platform:
-    platforms: [posix]
+    support: full
+    platforms: posix
     description: Linux with the NVIDIA driver.
 notes:
   - The NVIDIA documentation calls the kernel flag "Persistence Mode (Legacy)" and recommends

@@ -333,10 +333,10 @@ def test_non_root_can_read_and_check(sim):
     with sim.edit() as data:
         data["gpus"][0]["persistence_mode"] = 1
         data["gpus"][1]["persistence_mode"] = 1
-    result, _ = run_as_nobody(sim, {"state": "enabled"})
+    result = run_as_nobody(sim, {"state": "enabled"})[0]
     assert result.get("failed") is not True, result
     assert result["changed"] is False
-    result, _ = run_as_nobody(sim, {"state": "disabled"}, check_mode=True)
+    result = run_as_nobody(sim, {"state": "disabled"}, check_mode=True)[0]
     assert result.get("failed") is not True, result
     assert result["changed"] is True
 
