@@ -85,6 +85,21 @@ def format_pci_device_id(value):
     return "0x%08X" % value
 
 
+def parse_devices(value):
+    """`all`, a list, or the string forms ad-hoc use produces (`0,1`, `[0, 1]`) -> `all` or a list."""
+    if value is None or value == "all" or value == ["all"]:
+        return "all"
+    if isinstance(value, bool) or not isinstance(value, (str, int, list, tuple)):
+        raise NvmlError("devices must be `all` or a list of GPU indices, UUIDs or PCI bus ids; got %r" % (value,),
+                        kind="invalid_selection")
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        stripped = value.strip().strip("[]")
+        return [item.strip().strip("'\"") for item in stripped.split(",") if item.strip()]
+    return list(value)
+
+
 class Gpu:
     """A physical GPU as the collection addresses it."""
 
@@ -260,11 +275,10 @@ class NvmlSession:
                 raise NvmlError("device_filter entries must be PCI device ids such as 0x233010DE (device id then "
                                 "vendor id 10DE), optionally :0xSSSSVVVV for the subsystem; got %s"
                                 % ", ".join(repr(b) for b in bad), kind="invalid_selection")
-        if devices in (None, "all", ["all"]):
+        devices = parse_devices(devices)
+        if devices == "all":
             selected = list(self.gpus())
         else:
-            if isinstance(devices, (str, int)):
-                devices = [devices]
             if not devices:
                 raise NvmlError("devices is empty: give `all` or a list of GPU indices, UUIDs or PCI bus ids",
                                 kind="invalid_selection")
@@ -310,3 +324,10 @@ class NvmlSession:
                 "compute_instance_id": None if ci_id == no_instance else ci_id,
             })
         return processes
+
+
+# The argument spec of the common device selector, shared by every module (plain data).
+DEVICE_SELECTOR_ARGS = {
+    "devices": {"type": "raw", "default": "all"},
+    "device_filter": {"type": "list", "elements": "str"},
+}

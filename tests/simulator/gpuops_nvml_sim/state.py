@@ -112,7 +112,10 @@ class StateStore(object):
 
     @contextlib.contextmanager
     def _locked(self, mode):
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            fd = os.open(self.lock_path, os.O_RDONLY)
         try:
             fcntl.flock(fd, mode)
             yield

@@ -1,0 +1,208 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: nvidia_gpu_info
+short_description: Gather facts about NVIDIA GPUs through NVML
+version_added: 0.1.0
+description:
+  - Reads driver, NVML and CUDA driver versions and, per GPU, identity, memory, architecture, persistence
+    and compute mode, MIG capability and mode, supported MIG profiles with their placements, the GPU and
+    compute instances that exist, and the compute processes that run.
+  - Sets them as the facts C(nvidia_gpus) and C(nvidia_driver).
+  - Read-only; safe on a production node and in check mode.
+author:
+  - gpuops.nvidia contributors
+extends_documentation_fragment:
+  - gpuops.nvidia.devices
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  facts:
+    support: full
+options:
+  gather:
+    description:
+      - What to read beyond the basic per-GPU facts, which are always read.
+      - V(mig_profiles) lists the MIG profiles each GPU supports, V(mig_instances) the GPU and compute
+        instances that exist, V(processes) the running compute processes. V(all) reads everything;
+        V(min) only the basic facts.
+    type: list
+    elements: str
+    choices: [all, min, mig_profiles, mig_instances, processes]
+    default: [all]
+  allow_missing:
+    description:
+      - On a host without the NVIDIA driver, without a GPU, or without nvidia-ml-py, return empty facts
+        and the reason in RV(unavailable_reason) instead of failing.
+      - Useful when one play gathers facts across GPU and non-GPU hosts.
+    type: bool
+    default: false
+notes:
+  - One NVML session per run (about 10 ms with persistence enabled on an H100; see docs/hardware).
+seealso:
+  - module: gpuops.nvidia.nvidia_mig
+  - module: gpuops.nvidia.nvidia_persistence
+"""
+
+EXAMPLES = r"""
+- name: Gather GPU facts
+  gpuops.nvidia.nvidia_gpu_info:
+
+- name: Print each GPU
+  ansible.builtin.debug:
+    msg: "{{ item.index }} {{ item.name }} {{ item.uuid }} MIG={{ item.mig.current }}"
+  loop: "{{ ansible_facts.nvidia_gpus }}"
+
+- name: Only the H100s, basic facts only
+  gpuops.nvidia.nvidia_gpu_info:
+    device_filter: ["0x233010DE"]
+    gather: [min]
+
+- name: Gather where GPUs may be absent (mixed inventory)
+  gpuops.nvidia.nvidia_gpu_info:
+    allow_missing: true
+  register: gpu_info
+
+- name: Skip hosts without GPUs
+  ansible.builtin.meta: end_host
+  when: gpu_info.unavailable_reason is not none
+"""
+
+RETURN = r"""
+driver:
+  description: Driver, NVML and CUDA driver versions (empty when unavailable).
+  returned: always
+  type: dict
+  sample: {"version": "580.159.04", "nvml_version": "13.580.159.04", "cuda_driver_version": "13.0"}
+gpus:
+  description: One entry per selected GPU, in index order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    index: {description: NVML index., type: int, returned: always, sample: 0}
+    uuid: {description: GPU UUID., type: str, returned: always, sample: GPU-7a66f036-ab04-e93b-c0c8-a668c2ffe980}
+    name: {description: Product name., type: str, returned: always, sample: NVIDIA H100 80GB HBM3}
+    pci_bus_id: {description: PCI bus id., type: str, returned: always, sample: "00000000:18:00.0"}
+    pci_device_id: {description: PCI device and vendor id in mig-parted's form., type: str, returned: always,
+                    sample: "0x233010DE"}
+    pci_subsystem_id: {description: PCI subsystem id., type: str, returned: always, sample: "0x16C110DE"}
+    memory_total_mib: {description: Total memory in MiB., type: int, returned: always, sample: 81559}
+    memory_total_bytes: {description: Total memory in bytes., type: int, returned: always, sample: 85520809984}
+    architecture: {description: Architecture name., type: str, returned: always, sample: hopper}
+    compute_capability: {description: CUDA compute capability., type: str, returned: always, sample: "9.0"}
+    persistence_mode: {description: Whether persistence mode is on (null if not supported)., type: bool,
+                       returned: always, sample: true}
+    compute_mode:
+      description: Compute mode (null if not supported).
+      type: str
+      returned: always
+      sample: default
+    mig:
+      description:
+        - MIG state. C(current) and C(pending) are V(enabled), V(disabled), or null on GPUs without MIG;
+          they differ while a mode change waits for a GPU reset.
+        - C(profiles) (with O(gather) V(mig_profiles)) lists name, id, index, slices, memory_mib,
+          max_instances, engine counts and placements (start, size in memory slices).
+        - C(gpu_instances) (with O(gather) V(mig_instances)) lists id, profile, profile_id, placement and
+          compute_instances (id, profile, profile_id, slices, placement, uuid of the MIG device).
+      type: dict
+      returned: always
+      sample:
+        capable: true
+        current: enabled
+        pending: enabled
+        resetless_supported: true
+        gpu_instances:
+          - id: 1
+            profile: 3g.40gb
+            profile_id: 9
+            placement: {start: 0, size: 4}
+            compute_instances:
+              - {id: 0, profile: 3g.40gb, profile_id: 2, slices: 3, placement: {start: 0, size: 3},
+                 uuid: MIG-3c7a0a6e-2c4b-5e55-9f3c-1b1d3a6a1f00}
+    processes:
+      description: Running compute processes (with O(gather) V(processes)).
+      type: list
+      elements: dict
+      returned: when gathered
+      sample: [{pid: 4242, name: python3, used_gpu_memory: 536870912, gpu_instance_id: null,
+                compute_instance_id: null}]
+unavailable_reason:
+  description: Why no GPU could be read, when O(allow_missing=true) and none could; otherwise null.
+  returned: always
+  type: str
+  sample: "libnvidia-ml.so.1 not found: is the NVIDIA driver installed?"
+ansible_facts:
+  description: The same data as facts.
+  returned: always
+  type: dict
+  contains:
+    nvidia_gpus: {description: Same as RV(gpus)., type: list, elements: dict, returned: always}
+    nvidia_driver: {description: Same as RV(driver)., type: dict, returned: always}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import SUBSETS, gather
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import (
+    DEVICE_SELECTOR_ARGS,
+    PYNVML_IMPORT_ERROR,
+    NvmlError,
+    NvmlSession,
+)
+
+UNAVAILABLE_KINDS = ("library_missing", "driver_not_loaded", "no_gpu")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            DEVICE_SELECTOR_ARGS,
+            gather=dict(type="list", elements="str", default=["all"],
+                        choices=["all", "min", "mig_profiles", "mig_instances", "processes"]),
+            allow_missing=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    requested = set(params["gather"])
+    subsets = SUBSETS if "all" in requested else tuple(s for s in SUBSETS if s in requested)
+
+    def unavailable(reason):
+        facts = {"nvidia_gpus": [], "nvidia_driver": {}}
+        module.exit_json(changed=False, driver={}, gpus=[], unavailable_reason=reason, ansible_facts=facts)
+
+    if PYNVML_IMPORT_ERROR is not None:
+        if params["allow_missing"]:
+            unavailable(missing_required_lib("nvidia-ml-py"))
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR)
+    try:
+        with NvmlSession() as session:
+            if not session.gpus():
+                raise NvmlError("the NVIDIA driver is loaded but NVML reports no GPU on this host", kind="no_gpu")
+            result = gather(session, params["devices"], params["device_filter"], subsets)
+    except NvmlError as exc:
+        if params["allow_missing"] and exc.kind in UNAVAILABLE_KINDS:
+            unavailable(exc.message)
+        module.fail_json(msg=exc.message, error_kind=exc.kind, nvml_code=exc.nvml_code)
+    if params["device_filter"] and not result["gpus"]:
+        module.warn("device_filter %s matched no GPU on this host" % ", ".join(params["device_filter"]))
+    module.exit_json(changed=False, driver=result["driver"], gpus=result["gpus"], unavailable_reason=None,
+                     ansible_facts={"nvidia_gpus": result["gpus"], "nvidia_driver": result["driver"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""nvidia_gpu_info driven through main() on the simulator, for every model."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import pynvml as N
+
+from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_gpu_info
+
+MODELS = {
+    # model: (name, pci id, memory MiB, architecture, capability, MIG profiles, resetless)
+    "h100-80gb": ("NVIDIA H100 80GB HBM3", "0x233010DE", 81559, "hopper", "9.0",
+                  ["1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "1g.10gb+me", "1g.20gb"], True),
+    "h200-141gb": ("NVIDIA H200", "0x233510DE", 143771, "hopper", "9.0",
+                   ["1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.18gb+me", "1g.35gb"], True),
+    "a100-40gb": ("NVIDIA A100-SXM4-40GB", "0x20B010DE", 40960, "ampere", "8.0",
+                  ["1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb", "1g.5gb+me", "1g.10gb"], False),
+    "a100-80gb": ("NVIDIA A100-SXM4-80GB", "0x20B210DE", 81920, "ampere", "8.0",
+                  ["1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "1g.10gb+me", "1g.20gb"], False),
+    "a30": ("NVIDIA A30", "0x20B710DE", 24576, "ampere", "8.0",
+            ["1g.6gb", "2g.12gb", "4g.24gb", "1g.6gb+me", "2g.12gb+me"], False),
+    "l4": ("NVIDIA L4", "0x27B810DE", 23034, "ada", "8.9", None, False),
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_field_for_each_model(sim, run, model):
+    name, pci_id, memory_mib, architecture, capability, profiles, resetless = MODELS[model]
+    sim.create("%s:2" % model)
+    result = run(nvidia_gpu_info)
+    assert not result.failed, result
+    assert result["driver"] == {"version": "580.159.04", "nvml_version": "13.580.159.04",
+                                "cuda_driver_version": "13.0"}
+    assert result["ansible_facts"]["nvidia_gpus"] == result["gpus"]
+    assert result["ansible_facts"]["nvidia_driver"] == result["driver"]
+    assert [g["index"] for g in result["gpus"]] == [0, 1]
+    gpu = result["gpus"][1]
+    state = sim.gpu(1)
+    assert gpu["uuid"] == state["uuid"] and gpu["pci_bus_id"] == state["bus_id"] == "00000000:28:00.0"
+    assert (gpu["name"], gpu["pci_device_id"], gpu["memory_total_mib"]) == (name, pci_id, memory_mib)
+    assert (gpu["architecture"], gpu["compute_capability"]) == (architecture, capability)
+    assert gpu["persistence_mode"] is False and gpu["compute_mode"] == "default"
+    assert gpu["processes"] == []
+    if profiles is None:
+        assert gpu["mig"] == {"capable": False, "current": None, "pending": None, "resetless_supported": False}
+        return
+    assert gpu["mig"]["capable"] is True
+    assert (gpu["mig"]["current"], gpu["mig"]["pending"]) == ("disabled", "disabled")
+    assert gpu["mig"]["resetless_supported"] is resetless
+    assert [p["name"] for p in gpu["mig"]["profiles"]] == profiles
+    assert gpu["mig"]["gpu_instances"] == []
+    for profile in gpu["mig"]["profiles"]:
+        assert len(profile["placements"]) >= profile["max_instances"] or profile["max_instances"] == 1
+        assert all(p["size"] >= profile["slices"] for p in profile["placements"])
+
+
+def test_h100_profile_table_matches_the_real_gpu(sim, run):
+    sim.create("h100-80gb:1")
+    profiles = {p["name"]: p for p in run(nvidia_gpu_info)["gpus"][0]["mig"]["profiles"]}
+    assert profiles["1g.20gb"] == {
+        "name": "1g.20gb", "id": 15, "index": 9, "slices": 1, "memory_mib": 20096, "max_instances": 4,
+        "multiprocessors": 26, "copy_engines": 1, "decoders": 1, "encoders": 0, "jpeg_engines": 1,
+        "ofa_engines": 0, "placements": [{"start": s, "size": 2} for s in (0, 2, 4, 6)]}
+    assert {n: (p["id"], p["max_instances"]) for n, p in profiles.items()} == {
+        "1g.10gb": (19, 7), "2g.20gb": (14, 3), "3g.40gb": (9, 2), "4g.40gb": (5, 1), "7g.80gb": (0, 1),
+        "1g.10gb+me": (20, 1), "1g.20gb": (15, 4)}
+
+
+def _make_layout():
+    """3g.40gb (one CI) at 0 and 3g.40gb split in 1c + 2c at 4, created through pynvml itself."""
+    N.nvmlInit()
+    try:
+        handle = N.nvmlDeviceGetHandleByIndex(0)
+        N.nvmlDeviceSetMigMode(handle, 1)
+        full = N.nvmlDeviceCreateGpuInstanceWithPlacement(handle, 9, ctypes.byref(N.c_nvmlGpuInstancePlacement_t(0, 4)))
+        N.nvmlGpuInstanceCreateComputeInstance(full, 2)
+        split = N.nvmlDeviceCreateGpuInstanceWithPlacement(handle, 9, ctypes.byref(N.c_nvmlGpuInstancePlacement_t(4, 4)))
+        N.nvmlGpuInstanceCreateComputeInstanceWithPlacement(split, 1, ctypes.byref(N.c_nvmlComputeInstancePlacement_t(0, 2)))
+        N.nvmlGpuInstanceCreateComputeInstanceWithPlacement(split, 0, ctypes.byref(N.c_nvmlComputeInstancePlacement_t(2, 1)))
+    finally:
+        N.nvmlShutdown()
+
+
+def test_mig_instances_with_uuids(sim, run):
+    sim.create("h100-80gb:1")
+    _make_layout()
+    gpu = run(nvidia_gpu_info)["gpus"][0]
+    assert gpu["mig"]["current"] == "enabled"
+    instances = gpu["mig"]["gpu_instances"]
+    assert [(gi["id"], gi["profile"], gi["placement"]) for gi in instances] == [
+        (1, "3g.40gb", {"start": 0, "size": 4}), (2, "3g.40gb", {"start": 4, "size": 4})]
+    assert [(ci["id"], ci["profile"], ci["slices"]) for ci in instances[0]["compute_instances"]] == [(0, "3g.40gb", 3)]
+    assert [(ci["profile"], ci["placement"]["start"]) for ci in instances[1]["compute_instances"]] == [
+        ("2c.3g.40gb", 0), ("1c.3g.40gb", 2)]
+    state_uuids = sorted(ci["uuid"] for gi in sim.gpu()["gpu_instances"] for ci in gi["compute_instances"])
+    assert sorted(ci["uuid"] for gi in instances for ci in gi["compute_instances"]) == state_uuids
+
+
+def test_processes_are_reported_with_names(sim, run):
+    sim.create("a100-80gb:2")
+    sim.add_process(gpu=1, pid=31337, name="python3 train.py", memory_mib=2048)
+    gpus = run(nvidia_gpu_info, {"gather": ["processes"]})["gpus"]
+    assert gpus[0]["processes"] == []
+    assert gpus[1]["processes"] == [{"pid": 31337, "name": "python3 train.py", "used_gpu_memory": 2048 * 2 ** 20,
+                                     "gpu_instance_id": None, "compute_instance_id": None}]
+    assert "profiles" not in gpus[1]["mig"] and "gpu_instances" not in gpus[1]["mig"]
+
+
+def test_gather_min_reads_only_the_basics(sim, run):
+    sim.create("h100-80gb:1")
+    gpu = run(nvidia_gpu_info, {"gather": ["min"]})["gpus"][0]
+    assert "processes" not in gpu and "profiles" not in gpu["mig"]
+    calls = sim.library.calls
+    assert "nvmlDeviceGetGpuInstanceProfileInfoV" not in calls
+    assert "nvmlDeviceGetComputeRunningProcesses_v3" not in calls
+
+
+def test_check_mode_is_supported_and_read_only(sim, run):
+    sim.create("h100-80gb:2")
+    before = sim.state()
+    result = run(nvidia_gpu_info, check_mode=True)
+    assert result["changed"] is False and len(result["gpus"]) == 2
+    assert sim.writes() == [] and sim.state() == before
+
+
+@pytest.mark.parametrize("devices,expected", [
+    ([1], [1]), (["0", 2], [0, 2]), ("1,2", [1, 2]), ("[2, 0]", [0, 2]), ("all", [0, 1, 2]),
+    (["00000000:28:00.0"], [1]), (["28:00.0"], [1]), (["0000:38:00"], [2]),
+])
+def test_selector_forms(sim, run, devices, expected):
+    sim.create("h100-80gb:3")
+    assert [g["index"] for g in run(nvidia_gpu_info, {"devices": devices})["gpus"]] == expected
+
+
+def test_selector_by_uuid_case_insensitive(sim, run):
+    sim.create("h100-80gb:3")
+    uuid = sim.gpu(2)["uuid"]
+    assert [g["index"] for g in run(nvidia_gpu_info, {"devices": [uuid.upper().replace("GPU-", "GPU-")]})["gpus"]] == [2]
+
+
+@pytest.mark.parametrize("devices,message", [
+    ([7], "no GPU with index 7: GPUs on this host: 0 = NVIDIA H100"),
+    (["GPU-00000000-0000-0000-0000-000000000000"], "no GPU with UUID GPU-00000000"),
+    (["0000:99:00.0"], "no GPU at PCI bus id 0000:99:00.0"),
+    ([0, "00000000:18:00.0"], "GPU 0 is selected twice"),
+    (["gpu zero"], "is not a GPU index, UUID"),
+    ([], "devices is empty"),
+    (["MIG-1b2c3d4e-0000-0000-0000-000000000000"], "is a MIG device, not a GPU"),
+])
+def test_selector_errors_list_the_gpus(sim, run, devices, message):
+    sim.create("h100-80gb:2")
+    result = run(nvidia_gpu_info, {"devices": devices})
+    assert result.failed and message in result["msg"], result["msg"]
+    assert result["error_kind"] == "invalid_selection"
+
+
+def test_device_filter_keeps_matching_models(sim, run):
+    sim.create("h100-80gb:1,a100-40gb:2,l4")
+    result = run(nvidia_gpu_info, {"device_filter": ["0x20b010de"]})
+    assert [g["index"] for g in result["gpus"]] == [1, 2]
+    result = run(nvidia_gpu_info, {"devices": [0, 3], "device_filter": ["0x20B010DE", "0x27B810DE"]})
+    assert [g["index"] for g in result["gpus"]] == [3]
+
+
+def test_device_filter_that_matches_nothing_warns(sim, run):
+    sim.create("h100-80gb:1")
+    result = run(nvidia_gpu_info, {"device_filter": ["0x20B010DE"]})
+    assert not result.failed and result["gpus"] == []
+    assert "matched no GPU" in str(result["warnings"][0])
+
+
+def test_bad_device_filter(sim, run):
+    sim.create("h100-80gb:1")
+    result = run(nvidia_gpu_info, {"device_filter": ["H100"]})
+    assert result.failed and "PCI device ids such as 0x233010DE" in result["msg"]
+
+
+@pytest.mark.parametrize("flag,kind,message", [
+    ("library_present", "library_missing", "libnvidia-ml.so.1 not found: is the NVIDIA driver installed?"),
+    ("driver_loaded", "driver_not_loaded", "driver not loaded"),
+])
+def test_missing_driver_fails_clearly_or_returns_empty_facts(sim, run, flag, kind, message):
+    sim.create("h100-80gb:1")
+    with sim.edit() as state:
+        state[flag] = False
+    result = run(nvidia_gpu_info)
+    assert result.failed and result["error_kind"] == kind and message in result["msg"]
+    result = run(nvidia_gpu_info, {"allow_missing": True})
+    assert not result.failed and result["gpus"] == [] and message in result["unavailable_reason"]
+    assert result["ansible_facts"] == {"nvidia_gpus": [], "nvidia_driver": {}}
+
+
+def test_host_without_gpus(sim, run):
+    sim.create("h100-80gb:1")
+    with sim.edit() as state:
+        state["gpus"] = []
+    result = run(nvidia_gpu_info)
+    assert result.failed and "reports no GPU" in result["msg"]
+    assert run(nvidia_gpu_info, {"allow_missing": True})["unavailable_reason"].endswith("no GPU on this host")
+
+
+def test_lost_gpu_is_named_with_the_fix(sim, run):
+    sim.create("h100-80gb:2")
+    with sim.edit() as state:
+        state["gpus"][1]["lost"] = True
+    result = run(nvidia_gpu_info)
+    assert result.failed and result["error_kind"] == "gpu_lost"
+    assert "the GPU is lost" in result["msg"] and "Xid" in result["msg"]
+
+
+def test_error_on_nvml_failure_mid_gather(sim, run):
+    sim.create("h100-80gb:1")
+    sim.fault("nvmlDeviceGetMemoryInfo", call=1, code=999)
+    result = run(nvidia_gpu_info)
+    assert result.failed and "cannot read memory info on GPU 0 (NVIDIA H100 80GB HBM3" in result["msg"]
+
+
+WITHOUT_PYNVML = r"""
+import sys
+sys.modules["pynvml"] = None
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_gpu_info
+with patch_module_args({"allow_missing": %s}):
+    nvidia_gpu_info.main()
+"""
+
+
+@pytest.mark.parametrize("allow_missing", [False, True])
+def test_without_pynvml(allow_missing):
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_PYNVML % allow_missing], capture_output=True, text=True,
+                          env=dict(os.environ), check=False)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if allow_missing:
+        assert proc.returncode == 0 and "nvidia-ml-py" in result["unavailable_reason"]
+    else:
+        assert proc.returncode == 1 and result["failed"] and "nvidia-ml-py" in result["msg"]
