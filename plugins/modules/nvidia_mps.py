@@ -289,7 +289,8 @@ def main():
         binary = None
 
     def run(argv, env=None, data=None):
-        return module.run_command(argv, data=data, environ_update=env or {}, check_rc=False)
+        # binary_data: send `data` as is; run_command would append a newline, which the control reads as a command.
+        return module.run_command(argv, data=data, binary_data=True, environ_update=env or {}, check_rc=False)
 
     try:
         daemon = MpsDaemon(dict(params), run, binary=binary, runuser=module.get_bin_path("runuser"),

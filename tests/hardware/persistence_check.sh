@@ -13,7 +13,7 @@
 #        but the no-op step is only meaningful as the user the role would run as)
 set -euo pipefail
 
-OUT="${1:-persistence-evidence-$(date +%Y%m%d-%H%M%S)}"
+OUT="${1:-${OUT:-persistence-evidence-$(date +%Y%m%d-%H%M%S)}}"
 mkdir -p "$OUT"
 PY="${ANSIBLE_PYTHON_INTERPRETER:-$(command -v python3)}"
 export ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_NOCOLOR=1
@@ -53,11 +53,11 @@ if ! grep -v '^###' "$OUT/modes-before.txt" | awk 'NF == 3 {n++; if ($3 != 1) ba
 fi
 
 # 1. Check mode, state: enabled: must report changed=false, before == after == enabled on every GPU.
-run check-mode ansible localhost -c local -e "ansible_python_interpreter=$PY" --check --diff \
+run check-mode ansible localhost -v -c local -e "ansible_python_interpreter=$PY" --check --diff \
     -m gpuops.nvidia.nvidia_persistence -a "state=enabled"
 
 # 2. The same for real: desired == current, so no NVML set call is made (changed=false).
-run no-op ansible localhost -c local -e "ansible_python_interpreter=$PY" \
+run no-op ansible localhost -v -c local -e "ansible_python_interpreter=$PY" \
     -m gpuops.nvidia.nvidia_persistence -a "state=enabled"
 
 run modes-after modes

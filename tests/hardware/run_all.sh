@@ -14,7 +14,7 @@ for script in gpu_info persistence_check mig_check_mode mps_real; do
     [ -f "$path" ] || { echo "=== $script: not present"; continue; }
     echo "=== $script"
     start=$(date +%s.%N)
-    OUT="$EVIDENCE/$script" bash "$path" "$EVIDENCE/$script" > "$EVIDENCE/$script.log" 2>&1
+    OUT="$EVIDENCE/$script" bash "$path" > "$EVIDENCE/$script.log" 2>&1
     rc=$?
     echo "=== $script rc=$rc in $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
     [ "$rc" -eq 0 ] || status=1
