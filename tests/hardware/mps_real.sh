@@ -8,9 +8,11 @@
 # It NEVER changes the compute mode (compute_mode: keep) and uses private pipe/log directories.
 #   1. start a daemon for GPU 0, set the defaults, run again (must be unchanged), read them back with the control;
 #   2. a CUDA client (torch) runs through the daemon and appears in the module's report;
-#   3. state: stopped leaves no MPS process (pgrep -a nvidia-cuda-mps empty) and the compute mode unchanged.
+#   3. state: stopped leaves no live MPS process and the compute mode unchanged. (Zombies are not counted: a
+#      container without an init that reaps orphans keeps the exited daemon as <defunct>.)
 # Outputs go to $OUT (or ./mps-real-out). Exit 0 only when every check passed.
 set -u
+live_mps() { ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/ && /nvidia-cuda-mps/ && !/awk/'; }
 OUT=${OUT:-$PWD/mps-real-out}
 mkdir -p "$OUT"
 PIPE=$(mktemp -d /tmp/gpuops-mps-pipe.XXXXXX)
@@ -29,7 +31,7 @@ mps() {  # mps NAME ARGS...: run the module ad hoc, output to $OUT/NAME.txt
 : >"$OUT/summary.txt"
 nvidia-smi --query-gpu=index,uuid,compute_mode,mig.mode.current --format=csv >"$OUT/before-gpus.csv" 2>&1
 MODE_BEFORE=$(nvidia-smi -i 0 --query-gpu=compute_mode --format=csv,noheader)
-pgrep -a nvidia-cuda-mps >"$OUT/pgrep-before.txt" && echo "note: MPS processes were already running" | tee -a "$OUT/summary.txt"
+live_mps >"$OUT/pgrep-before.txt"; [ -s "$OUT/pgrep-before.txt" ] && echo "note: MPS processes were already running" | tee -a "$OUT/summary.txt"
 
 LIMITS='{"0": "4G"}'
 mps start devices=0 default_active_thread_percentage=50 "default_device_pinned_mem_limit='$LIMITS'" default_client_priority=1
@@ -66,7 +68,7 @@ wait "$CLIENT"
 
 mps stop state=stopped
 sleep 1
-pgrep -a nvidia-cuda-mps >"$OUT/pgrep-after.txt"
+live_mps >"$OUT/pgrep-after.txt"; ps -eo pid=,stat=,args= | grep "[n]vidia-cuda-mps" >"$OUT/ps-all-after.txt"
 check "no MPS process after stop" "[ ! -s '$OUT/pgrep-after.txt' ]"
 MODE_AFTER=$(nvidia-smi -i 0 --query-gpu=compute_mode --format=csv,noheader)
 check "compute mode unchanged ($MODE_BEFORE)" "[ '$MODE_BEFORE' = '$MODE_AFTER' ]"

@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=index,name,persistence_mode,compute_mode,mig.mode.current
 echo "=== GPU settings before / after (must be identical)"
 cat "$EVIDENCE/settings-before.txt" "$EVIDENCE/settings-after.txt"
 diff -q "$EVIDENCE/settings-before.txt" "$EVIDENCE/settings-after.txt" && echo "settings unchanged" || status=1
-pgrep -a nvidia-cuda-mps && { echo "MPS processes left behind"; status=1; }
+ps -eo pid=,stat=,args= | awk '$2 !~ /^Z/ && /nvidia-cuda-mps/ && !/awk/' | grep . && { echo "MPS processes left behind"; status=1; }
 mkdir -p "$FINAL_OUT"
 tar czf "$FINAL_OUT/evidence.tgz" -C "$EVIDENCE" .
 exit $status
