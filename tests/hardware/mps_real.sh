@@ -61,7 +61,7 @@ CLIENT=$!
 for _ in $(seq 1 60); do grep -q "client ok" "$OUT/client.txt" && break; sleep 0.5; done
 mps report devices=0 default_active_thread_percentage=40 "default_device_pinned_mem_limit='$LIMITS'" default_client_priority=1
 check "client ran through MPS" "grep -q 'client ok' '$OUT/client.txt'"
-check "a server is reported" "grep -A3 '\"servers\"' '$OUT/report.txt' | grep -q '\"pid\"'"
+check "a server is reported" "grep -A12 '\"servers\"' '$OUT/report.txt' | grep -q '\"pid\"'"
 check "the client pid $CLIENT is reported" "grep -A30 '\"servers\"' '$OUT/report.txt' | grep -qw '$CLIENT'"
 nvidia-smi >"$OUT/nvidia-smi-with-client.txt" 2>&1
 wait "$CLIENT"
