@@ -1,0 +1,109 @@
+"""roles/mig/files/gpuops-mig-apply.py (the boot script of the mig role) on the NVML simulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "mig", "files", "gpuops-mig-apply.py")
+H100 = "0x233010DE"
+
+
+@pytest.fixture
+def script(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUOPS_MIG_LOCK_FILE", str(tmp_path / "mig.lock"))
+    spec = importlib.util.spec_from_file_location("gpuops_mig_apply", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def desired(tmp_path):
+    def write(**fields):
+        state = {"version": 1, "mode": "enabled", "layout": {}, "config": None, "devices": "all",
+                 "device_filter": [], "reset": "if_needed", "allow_busy_kept_instances": False,
+                 "lock_file": None, "lock_timeout": 5}
+        state.update(fields)
+        path = tmp_path / "mig.json"
+        path.write_text(json.dumps(state))
+        return str(path)
+    return write
+
+
+def run(script, capsys, *argv):
+    rc = script.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_applies_logs_verifies_and_is_idempotent(script, sim, desired, capsys):
+    sim.create("h100-80gb:2,a100-40gb:1")
+    state = desired(layout={"3g.40gb": 2}, device_filter=[H100])
+    rc, out, err = run(script, capsys, "--state", state)
+    assert rc == 0, err
+    assert "GPU 0: enable MIG mode" in out and "GPU 1: create GPU instance 3g.40gb at memory slices 4-7" in out
+    assert "GPU 2" not in out
+    assert "verified: 2 GPU(s) match the desired layout (changed)" in out
+    rc, out, err = run(script, capsys, "--state", state)
+    assert rc == 0 and "layout already in place: nothing to do" in out
+
+
+def test_reapplies_after_reboot(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    state = desired(layout={"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1})
+    assert run(script, capsys, "--state", state)[0] == 0
+    sim.reboot()  # drops the instances and, on Hopper, the MIG mode
+    rc, out, err = run(script, capsys, "--check", "--state", state)
+    assert rc == 0 and "check mode" in out and "GPU 0: enable MIG mode" in out
+    rc, out, err = run(script, capsys, "--state", state)
+    assert rc == 0, err
+    assert "GPU 0: enable MIG mode" in out and "verified" in out
+    assert "3g.40gb" in out.splitlines()[-2] and "1g.10gb" in out.splitlines()[-2]
+
+
+def test_mig_parted_config(script, sim, desired, capsys):
+    sim.create("h100-80gb:2")
+    config = {"version": "v1", "mig-configs": {
+        "mixed": [{"devices": [0], "mig-enabled": True, "mig-devices": {"7g.80gb": 1}},
+                  {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}}],
+        "off": [{"devices": "all", "mig-enabled": False}]}}
+    rc, out, err = run(script, capsys, "--state", desired(mode=None, config=config, config_name="mixed",
+                                                          config_source="/etc/gpuops/mig-parted.yaml"))
+    assert rc == 0, err
+    assert "create GPU instance 7g.80gb" in out and out.count("GPU 1: create GPU instance 1g.10gb") == 7
+    rc, out, err = run(script, capsys, "--state", desired(mode=None, config=config, config_name=None,
+                                                          config_source="f.yaml"))
+    assert rc == 1 and "several configs" in err
+
+
+def test_does_not_fit_fails_visibly_without_change(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    rc, out, err = run(script, capsys, "--state", desired(layout={"7g.80gb": 2}))
+    assert rc == 1
+    assert "cannot fit" in err and "nothing was changed" in err
+    assert sim.writes() == []
+
+
+def test_busy_gpu_fails(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    sim.add_process(gpu=0, pid=777, name="trainer")
+    rc, out, err = run(script, capsys, "--state", desired(layout={"3g.40gb": 1}))
+    assert rc == 1 and "777 (trainer)" in err
+
+
+def test_ampere_reset_impossible_exits_3(script, sim, desired, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    sim.create("a100-40gb:1")
+    rc, out, err = run(script, capsys, "--state", desired(layout={"1g.5gb": 7}))
+    assert rc == 3
+    assert "waits for a GPU reset or a reboot" in err and "NOT applied" in err
+
+
+def test_missing_state_file(script, sim, capsys, tmp_path):
+    sim.create("h100-80gb:1")
+    rc, out, err = run(script, capsys, "--state", str(tmp_path / "absent.json"))
+    assert rc == 2 and "cannot read the desired MIG state" in err
