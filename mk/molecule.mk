@@ -52,7 +52,12 @@ demo: venv collection-link nspawn-tools
 	echo "booted gpu-node-1 ($(DEMO_RELEASE)) in $$(( $$(date +%s) - start ))s"; \
 	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini molecule/shared/prepare.yml -e gpuops_gpus=$(DEMO_GPUS) >$(DEMO_DIR)/prepare.log \
 		|| { tail -n 40 $(DEMO_DIR)/prepare.log; exit 1; }; \
-	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml; \
+	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml -e @playbooks/vars/demo.yml; \
+	echo "=== second run (must change nothing)"; \
+	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml -e @playbooks/vars/demo.yml > $(DEMO_DIR)/second-run.log \
+		|| { tail -n 40 $(DEMO_DIR)/second-run.log; exit 1; }; \
+	grep -A2 "PLAY RECAP" $(DEMO_DIR)/second-run.log; \
+	grep -q "changed=0" $(DEMO_DIR)/second-run.log || { echo "second run changed something"; exit 1; }; \
 	if [ -n "$(KEEP)" ]; then \
 		echo; echo "node kept. log in:  $$($(BIN)/python -c 'import json,sys; print(" ".join(json.load(sys.stdin)["ssh"]))' < <($(BIN)/python $(NODE_SCRIPT) ssh-command --dir $(DEMO_NODE)))"; \
 		echo "inventory:          $(DEMO_DIR)/inventory.ini"; \
