@@ -83,6 +83,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_kind:
+  description: On failure, a stable keyword for the cause (for example V(library_missing), V(driver_not_loaded), V(gpu_lost), V(invalid_selection)), the same set every
+    module of this collection uses.
+  returned: failure
+  type: str
+  sample: library_missing
 driver:
   description: Driver, NVML and CUDA driver versions (empty when unavailable).
   returned: always

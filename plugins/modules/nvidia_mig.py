@@ -154,6 +154,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_kind:
+  description: On failure, a stable keyword for the cause (for example V(busy), V(invalid_layout), V(unknown_profile), V(does_not_fit), V(lock_timeout)), the same set every
+    module of this collection uses.
+  returned: failure
+  type: str
+  sample: busy
 gpus:
   description: One entry per GPU the run selected.
   returned: always
@@ -310,9 +316,9 @@ def main():
     except MigError as exc:
         details = dict(exc.result)
         details.pop("diff", None)
-        module.fail_json(msg=exc.message, kind=exc.kind, **details)
+        module.fail_json(msg=exc.message, error_kind=exc.kind, **details)
     except NvmlError as exc:
-        module.fail_json(msg=exc.message, kind=exc.kind, changed=False)
+        module.fail_json(msg=exc.message, error_kind=exc.kind, changed=False)
     if not targets:
         module.warn("no GPU was selected (devices / device_filter / config entries select none)")
     if not module._diff:

@@ -163,6 +163,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+error_kind:
+  description: On failure, a stable keyword for the cause (for example V(binary_missing), V(start_failed), V(mig_mode), V(invalid_argument)), the same set every
+    module of this collection uses.
+  returned: failure
+  type: str
+  sample: start_failed
 state:
   description: V(started) or V(stopped).
   returned: always
@@ -285,7 +291,7 @@ def main():
     binary = params["binary"] or module.get_bin_path(CONTROL_BINARY, opt_dirs=["/usr/bin", "/usr/local/cuda/bin"])
     if binary and not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         if params["state"] != "stopped":
-            module.fail_json(msg="binary %s does not exist or is not executable" % binary, kind="binary_missing")
+            module.fail_json(msg="binary %s does not exist or is not executable" % binary, error_kind="binary_missing")
         binary = None
 
     def run(argv, env=None, data=None):
@@ -297,9 +303,9 @@ def main():
                            check_mode=module.check_mode)
         result = daemon.apply()
     except MpsError as exc:
-        module.fail_json(msg=exc.message, kind=exc.kind, log_tail=exc.log_tail)
+        module.fail_json(msg=exc.message, error_kind=exc.kind, log_tail=exc.log_tail)
     except NvmlError as exc:
-        module.fail_json(msg=exc.message, kind=exc.kind, nvml_code=exc.nvml_code)
+        module.fail_json(msg=exc.message, error_kind=exc.kind, nvml_code=exc.nvml_code)
     for warning in result.pop("warnings"):
         module.warn(warning)
     diff = result.pop("diff")

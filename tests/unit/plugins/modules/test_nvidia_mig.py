@@ -188,7 +188,7 @@ def test_processes_on_destroyed_instances_stop_the_run(sim, run):
     sim.create  # noqa: B018
     before = signature(sim)
     result = mig(run, layout={"1g.10gb": 7})
-    assert result.failed and result["kind"] == "busy"
+    assert result.failed and result["error_kind"] == "busy"
     assert "4321 (train.py)" in result["msg"] and "nothing was changed" in result["msg"]
     assert signature(sim) == before
 
@@ -213,7 +213,7 @@ def test_processes_block_a_mode_change(sim, run):
     sim.create("h100-80gb")
     sim.add_process(0, pid=99, name="python3")
     result = mig(run, layout={"7g.80gb": 1})
-    assert result.failed and result["kind"] == "busy" and "99 (python3)" in result["msg"]
+    assert result.failed and result["error_kind"] == "busy" and "99 (python3)" in result["msg"]
     assert sim.writes() == []
 
 

@@ -182,7 +182,7 @@ def test_device_change_with_clients_is_refused(mps, run):
     try:
         _control(mps, "gpuops_standin_client_add %d" % client.pid)
         result = run(nvidia_mps, args(mps, devices=["1"]))
-        assert result.failed and result["kind"] == "restart_needed", result
+        assert result.failed and result["error_kind"] == "restart_needed", result
         assert "1 client(s) are connected" in result["msg"]
         assert _mps.pid_alive(first["pid"])
     finally:
@@ -267,7 +267,7 @@ def test_mig_device_daemon(mps, sim, run):
 def test_compute_mode_refused_on_mig(mps, run):
     uuid = _make_mig_device(0)
     result = run(nvidia_mps, args(mps, devices=[uuid], compute_mode="exclusive_process"))
-    assert result.failed and result["kind"] == "mig_mode", result
+    assert result.failed and result["error_kind"] == "mig_mode", result
     assert "compute_mode: keep" in result["msg"]
     result = run(nvidia_mps, args(mps, compute_mode="exclusive_process"))
     assert result.failed and "GPU 0" in result["msg"] and "MIG mode" in result["msg"]
@@ -286,7 +286,7 @@ def test_binary_missing(mps, run, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(nvidia_mps.AnsibleModule, "get_bin_path", lambda self, *a, **k: None)
     result = run(nvidia_mps, args(mps))
-    assert result.failed and result["kind"] == "binary_missing", result
+    assert result.failed and result["error_kind"] == "binary_missing", result
     assert "nvidia-cuda-mps-control" in result["msg"]
     stopped = run(nvidia_mps, args(mps, state="stopped"))
     assert not stopped.failed and not stopped["changed"]
@@ -302,7 +302,7 @@ def test_bad_percentage(mps, run, value):
 @pytest.mark.parametrize("value", ["20GB", "20", "1.5G", "0G", "lots"])
 def test_bad_memory_limit(mps, run, value):
     result = run(nvidia_mps, args(mps, default_device_pinned_mem_limit={0: value}))
-    assert result.failed and result["kind"] == "invalid_argument" and "512M or 20G" in result["msg"], result
+    assert result.failed and result["error_kind"] == "invalid_argument" and "512M or 20G" in result["msg"], result
 
 
 def test_limit_for_a_device_the_daemon_does_not_serve(mps, run):
@@ -314,14 +314,14 @@ def test_unwritable_pipe_directory(mps, run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = run(nvidia_mps, args(mps, pipe_directory=str(blocker / "pipe")))
-    assert result.failed and result["kind"] == "directory", result
+    assert result.failed and result["error_kind"] == "directory", result
     assert str(blocker / "pipe") in result["msg"]
 
 
 def test_daemon_that_does_not_come_up(mps, sim, run, monkeypatch):
     monkeypatch.setenv("GPUOPS_MPS_STANDIN_FAIL_START", "simulated failure: cannot open /dev/nvidiactl")
     result = run(nvidia_mps, args(mps, timeout=1, **FULL))
-    assert result.failed and result["kind"] == "start_failed", result
+    assert result.failed and result["error_kind"] == "start_failed", result
     assert "did not come up" in result["msg"]
     assert any("cannot open /dev/nvidiactl" in line for line in result["log_tail"])
     assert _compute_mode(sim, 0) == pynvml.NVML_COMPUTEMODE_DEFAULT  # restored on failure
