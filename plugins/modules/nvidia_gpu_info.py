@@ -84,8 +84,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 error_kind:
-  description: On failure, a stable keyword for the cause (for example V(library_missing), V(driver_not_loaded), V(gpu_lost), V(invalid_selection)), the same set every
-    module of this collection uses.
+  description:
+    - On failure, a stable keyword for the cause, for example V(library_missing), V(driver_not_loaded), V(gpu_lost), V(invalid_selection).
+    - Every module of this collection reports failures under this key.
   returned: failure
   type: str
   sample: library_missing

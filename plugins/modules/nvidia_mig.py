@@ -155,8 +155,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 error_kind:
-  description: On failure, a stable keyword for the cause (for example V(busy), V(invalid_layout), V(unknown_profile), V(does_not_fit), V(lock_timeout)), the same set every
-    module of this collection uses.
+  description:
+    - On failure, a stable keyword for the cause, for example V(busy), V(invalid_layout), V(unknown_profile), V(does_not_fit), V(lock_timeout).
+    - Every module of this collection reports failures under this key.
   returned: failure
   type: str
   sample: busy

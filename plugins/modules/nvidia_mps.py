@@ -164,8 +164,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 error_kind:
-  description: On failure, a stable keyword for the cause (for example V(binary_missing), V(start_failed), V(mig_mode), V(invalid_argument)), the same set every
-    module of this collection uses.
+  description:
+    - On failure, a stable keyword for the cause, for example V(binary_missing), V(start_failed), V(mig_mode), V(invalid_argument).
+    - Every module of this collection reports failures under this key.
   returned: failure
   type: str
   sample: start_failed
