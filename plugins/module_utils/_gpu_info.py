@@ -175,7 +175,7 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
     architecture = _optional(session, "nvmlDeviceGetArchitecture", gpu)
     persistence = _optional(session, "nvmlDeviceGetPersistenceMode", gpu)
     compute_mode = _optional(session, "nvmlDeviceGetComputeMode", gpu)
-    mig_mode = _optional(session, "nvmlDeviceGetMigMode", gpu)
+    mig_mode = session.mig_mode(gpu)
     facts = {
         "index": gpu.index,
         "uuid": gpu.uuid,

@@ -130,13 +130,7 @@ class HostLock:
 
 def read_mode(session, gpu):
     """(current, pending) as 0/1, or None when the GPU has no MIG."""
-    try:
-        mode = session.call("nvmlDeviceGetMigMode", gpu.handle, what="read the MIG mode", gpu=gpu)
-    except NvmlError as exc:
-        if exc.kind == "not_supported":
-            return None
-        raise
-    return int(mode[0]), int(mode[1])
+    return session.mig_mode(gpu)
 
 
 def resetless(session, gpu):

@@ -756,15 +756,8 @@ class MpsDaemon:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 def _mig_enabled(nvml, gpu):
-    try:
-        current = nvml.call("nvmlDeviceGetMigMode", gpu.handle, what="read the MIG mode", gpu=gpu)
-    except NvmlError as exc:
-        if exc.kind == "not_supported":
-            return False
-        raise
-    if isinstance(current, (list, tuple)):
-        current = current[0]
-    return bool(current)
+    mode = nvml.mig_mode(gpu)
+    return bool(mode and mode[0])
 
 
 def _owner(user, group):

@@ -296,6 +296,16 @@ class NvmlSession:
             selected = [gpu for gpu in selected if gpu.matches_filter(device_filter)]
         return selected
 
+    def mig_mode(self, gpu):
+        """(current, pending) MIG mode as 0/1, or None for a GPU without MIG."""
+        try:
+            mode = self.call("nvmlDeviceGetMigMode", gpu.handle, what="read the MIG mode", gpu=gpu)
+        except NvmlError as exc:
+            if exc.kind == "not_supported":
+                return None
+            raise
+        return int(mode[0]), int(mode[1])
+
     def mig_device_uuid_parent(self, uuid):
         """(parent Gpu, handle) for a MIG device UUID."""
         handle = self.call("nvmlDeviceGetHandleByUUID", uuid, what="find MIG device %s" % uuid)
