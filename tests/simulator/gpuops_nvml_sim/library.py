@@ -159,6 +159,63 @@ def free_placements(candidates, occupied):
     return count
 
 
+def choose_placement(profile, instances, placement):
+    """(start, size) for a new instance of `profile` next to `instances`, or raise the NVML error code.
+
+    NVML's rules for GPU and compute instances alike: at most instanceCount of a profile, an explicit placement
+    must be one the profile offers (InvalidArgument) and free (InsufficientResources), no placement = first free.
+    """
+    occupied = [(instance["start"], instance["size"]) for instance in instances]
+    if len([i for i in instances if i["profile_id"] == profile["id"]]) >= profile["instanceCount"]:
+        raise NvmlFailure(ERROR_INSUFFICIENT_RESOURCES)
+    if placement is None:
+        fitting = [p for p in profile["placements"] if not _overlaps(p[0], p[1], occupied)]
+        if not fitting:
+            raise NvmlFailure(ERROR_INSUFFICIENT_RESOURCES)
+        return tuple(fitting[0])
+    requested = _target(placement)
+    start, size = requested.start, requested.size
+    if [start, size] not in profile["placements"]:
+        raise NvmlFailure(ERROR_INVALID_ARGUMENT)
+    if _overlaps(start, size, occupied):
+        raise NvmlFailure(ERROR_INSUFFICIENT_RESOURCES)
+    return start, size
+
+
+def fill_placements(profile, placements, count):
+    """The PossiblePlacements contract: NULL array -> count only; else fill the caller's array."""
+    counter = _target(count)
+    wanted = profile["placements"]
+    if placements is None:
+        counter.value = len(wanted)
+        return SUCCESS
+    entries = _target(placements)
+    if len(entries) < len(wanted):
+        counter.value = len(wanted)
+        return ERROR_INSUFFICIENT_SIZE
+    for position, (start, size) in enumerate(wanted):
+        entries[position].start = start
+        entries[position].size = size
+    counter.value = len(wanted)
+    return SUCCESS
+
+
+def fill_handles(handles, instances, count):
+    """The GetGpuInstances / GetComputeInstances contract: fill the caller's handle array with `handles`."""
+    counter = _target(count)
+    if instances is None:
+        counter.value = len(handles)
+        return SUCCESS if not handles else ERROR_INSUFFICIENT_SIZE
+    entries = _target(instances)
+    if len(entries) < len(handles):
+        counter.value = len(handles)
+        return ERROR_INSUFFICIENT_SIZE
+    for position, value in enumerate(handles):
+        _write_pointer(ctypes.addressof(entries) + position * ctypes.sizeof(ctypes.c_void_p), value)
+    counter.value = len(handles)
+    return SUCCESS
+
+
 class SimulatedLibrary(object):
     """The simulated libnvidia-ml: bound to a state file; attribute names are NVML symbol names."""
 
@@ -631,20 +688,7 @@ class SimulatedLibrary(object):
         return SUCCESS
 
     def nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, state, handle, profile_id, placements, count):
-        profile = self._profile(self._device(state, handle)[2], profile_id)
-        counter = _target(count)
-        if placements is None:
-            counter.value = len(profile["placements"])
-            return SUCCESS
-        entries = _target(placements)
-        if counter.value and counter.value < len(profile["placements"]) or len(entries) < len(profile["placements"]):
-            counter.value = len(profile["placements"])
-            return ERROR_INSUFFICIENT_SIZE
-        for position, (start, size) in enumerate(profile["placements"]):
-            entries[position].start = start
-            entries[position].size = size
-        counter.value = len(profile["placements"])
-        return SUCCESS
+        return fill_placements(self._profile(self._device(state, handle)[2], profile_id), placements, count)
 
     def nvmlDeviceGetGpuInstanceRemainingCapacity(self, state, handle, profile_id, out):
         _unused, gpu, spec, _unused = self._device(state, handle)
@@ -661,21 +705,7 @@ class SimulatedLibrary(object):
         self._require_root(state)
         if not gpu["mig_current"]:
             return ERROR_NOT_SUPPORTED
-        occupied = [(gi["start"], gi["size"]) for gi in gpu["gpu_instances"]]
-        if len([gi for gi in gpu["gpu_instances"] if gi["profile_id"] == profile["id"]]) >= profile["instanceCount"]:
-            return ERROR_INSUFFICIENT_RESOURCES
-        if placement is None:
-            fitting = [p for p in profile["placements"] if not _overlaps(p[0], p[1], occupied)]
-            if not fitting:
-                return ERROR_INSUFFICIENT_RESOURCES
-            start, size = fitting[0]
-        else:
-            requested = _target(placement)
-            start, size = requested.start, requested.size
-            if [start, size] not in profile["placements"]:
-                return ERROR_INVALID_ARGUMENT
-            if _overlaps(start, size, occupied):
-                return ERROR_INSUFFICIENT_RESOURCES
+        start, size = choose_placement(profile, gpu["gpu_instances"], placement)
         gi_id = gi_id_for(start, size, spec["memory_slices"])
         gpu["gpu_instances"].append({
             "id": gi_id, "profile_id": profile["id"], "start": start, "size": size, "compute_instances": [],
@@ -693,19 +723,8 @@ class SimulatedLibrary(object):
         index, gpu, spec, _unused = self._device(state, handle)
         profile = self._profile(spec, profile_id)
         matching = [gi for gi in gpu["gpu_instances"] if gi["profile_id"] == profile["id"]] if gpu["mig_current"] else []
-        counter = _target(count)
-        if instances is None:
-            counter.value = len(matching)
-            return SUCCESS if not matching else ERROR_INSUFFICIENT_SIZE
-        entries = _target(instances)
-        if len(entries) < len(matching):
-            counter.value = len(matching)
-            return ERROR_INSUFFICIENT_SIZE
-        for position, gi in enumerate(sorted(matching, key=lambda g: g["id"])):
-            _write_pointer(ctypes.addressof(entries) + position * ctypes.sizeof(ctypes.c_void_p),
-                           encode_handle(KIND_GI, index, gi["id"]))
-        counter.value = len(matching)
-        return SUCCESS
+        handles = [encode_handle(KIND_GI, index, gi["id"]) for gi in sorted(matching, key=lambda g: g["id"])]
+        return fill_handles(handles, instances, count)
 
     def nvmlDeviceGetGpuInstanceById(self, state, handle, gi_id, out):
         index, gpu, _unused, _unused = self._device(state, handle)
@@ -769,40 +788,13 @@ class SimulatedLibrary(object):
 
     def nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, state, handle, ci_profile_id, placements, count):
         _unused, _unused, spec, gi = self._gpu_instance(state, handle)
-        profile = self._ci_profile(spec, gi, ci_profile_id)
-        counter = _target(count)
-        if placements is None:
-            counter.value = len(profile["placements"])
-            return SUCCESS
-        entries = _target(placements)
-        if len(entries) < len(profile["placements"]):
-            counter.value = len(profile["placements"])
-            return ERROR_INSUFFICIENT_SIZE
-        for position, (start, size) in enumerate(profile["placements"]):
-            entries[position].start = start
-            entries[position].size = size
-        counter.value = len(profile["placements"])
-        return SUCCESS
+        return fill_placements(self._ci_profile(spec, gi, ci_profile_id), placements, count)
 
     def _create_ci(self, state, handle, ci_profile_id, placement, out):
         index, gpu, spec, gi = self._gpu_instance(state, handle)
         profile = self._ci_profile(spec, gi, ci_profile_id)
         self._require_root(state)
-        occupied = [(ci["start"], ci["size"]) for ci in gi["compute_instances"]]
-        if len([ci for ci in gi["compute_instances"] if ci["profile_id"] == profile["id"]]) >= profile["instanceCount"]:
-            return ERROR_INSUFFICIENT_RESOURCES
-        if placement is None:
-            fitting = [p for p in profile["placements"] if not _overlaps(p[0], p[1], occupied)]
-            if not fitting:
-                return ERROR_INSUFFICIENT_RESOURCES
-            start, size = fitting[0]
-        else:
-            requested = _target(placement)
-            start, size = requested.start, requested.size
-            if [start, size] not in profile["placements"]:
-                return ERROR_INVALID_ARGUMENT
-            if _overlaps(start, size, occupied):
-                return ERROR_INSUFFICIENT_RESOURCES
+        start, size = choose_placement(profile, gi["compute_instances"], placement)
         used_ids = set(ci["id"] for ci in gi["compute_instances"])
         ci_id = min(set(range(8)) - used_ids)
         gi["compute_instances"].append({
@@ -823,19 +815,8 @@ class SimulatedLibrary(object):
         profile = self._ci_profile(spec, gi, ci_profile_id)
         matching = sorted([ci for ci in gi["compute_instances"] if ci["profile_id"] == profile["id"]],
                           key=lambda c: c["id"])
-        counter = _target(count)
-        if instances is None:
-            counter.value = len(matching)
-            return SUCCESS if not matching else ERROR_INSUFFICIENT_SIZE
-        entries = _target(instances)
-        if len(entries) < len(matching):
-            counter.value = len(matching)
-            return ERROR_INSUFFICIENT_SIZE
-        for position, ci in enumerate(matching):
-            _write_pointer(ctypes.addressof(entries) + position * ctypes.sizeof(ctypes.c_void_p),
-                           encode_handle(KIND_CI, index, gi["id"], ci["id"]))
-        counter.value = len(matching)
-        return SUCCESS
+        handles = [encode_handle(KIND_CI, index, gi["id"], ci["id"]) for ci in matching]
+        return fill_handles(handles, instances, count)
 
     def nvmlGpuInstanceGetComputeInstanceById(self, state, handle, ci_id, out):
         index, _unused, _unused, gi = self._gpu_instance(state, handle)
