@@ -105,3 +105,23 @@ def catalog_profiles(model_name):
 def clear_faults(sim):
     with sim.edit() as data:
         data["faults"] = []
+
+
+def feasible_layouts(model, max_size):
+    """Hypothesis strategy: random layouts of `model` that fit, built by adding profiles while they still fit."""
+    from hypothesis import strategies as st
+    from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as planner
+
+    cat = planner.Catalog(catalog_profiles(model))
+    keys = cat.valid_keys()
+
+    @st.composite
+    def build(draw):
+        layout = {}
+        for key in draw(st.lists(st.sampled_from(keys), max_size=max_size)):
+            trial = dict(layout)
+            trial[key] = trial.get(key, 0) + 1
+            if planner.explain_infeasible(cat, planner.expand_layout(cat, trial)) is None:
+                layout = trial
+        return layout
+    return build()

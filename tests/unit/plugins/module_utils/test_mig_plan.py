@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as planner
-from mig_helpers import catalog_profiles
+from mig_helpers import catalog_profiles, feasible_layouts
 
 MODELS = ["h100-80gb", "h200-141gb", "a100-40gb", "a100-80gb", "a30"]
 
@@ -152,23 +152,6 @@ def test_slice_map_is_fixed_width():
 
 # -- property: random start/target layouts ----------------------------------------------------------------
 
-def layouts(model):
-    cat = catalog(model)
-    keys = cat.valid_keys()
-
-    @st.composite
-    def build(draw):
-        layout = {}
-        for key in draw(st.lists(st.sampled_from(keys), max_size=8)):
-            trial = dict(layout)
-            trial[key] = trial.get(key, 0) + 1
-            specs = planner.expand_layout(cat, trial)
-            if planner.explain_infeasible(cat, specs) is None:
-                layout = trial
-        return layout
-    return build()
-
-
 def brute_force_minimum(cat, current, specs):
     """Fewest instances (GIs + CIs) destroyed by keeping whole GIs that exactly match a target spec."""
     best = None
@@ -203,7 +186,7 @@ def test_random_transitions_reach_target_with_minimal_destruction(model):
     cat = catalog(model)
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(start=layouts(model), target=layouts(model))
+    @given(start=feasible_layouts(model, 8), target=feasible_layouts(model, 8))
     def check(start, target):
         current = realise(cat, start)
         specs = planner.expand_layout(cat, target)

@@ -7,11 +7,11 @@ import fcntl
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mig
 from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as planner
-from mig_helpers import (FUNCTION_OF_ACTION, catalog_profiles, clear_faults, devices_of, expected_devices,
+from mig_helpers import (FUNCTION_OF_ACTION, clear_faults, devices_of, expected_devices, feasible_layouts,
                          signature)
 
 pytestmark = pytest.mark.usefixtures("mig_lock")
@@ -498,27 +498,11 @@ def test_lock_file_option(sim, run, tmp_path):
 
 # -- property: random start/target layouts through the module on the simulator -----------------------
 
-def random_layout(model):
-    cat = planner.Catalog(catalog_profiles(model))
-    keys = cat.valid_keys()
-
-    @st.composite
-    def build(draw):
-        layout = {}
-        for key in draw(st.lists(st.sampled_from(keys), max_size=7)):
-            trial = dict(layout)
-            trial[key] = trial.get(key, 0) + 1
-            if planner.explain_infeasible(cat, planner.expand_layout(cat, trial)) is None:
-                layout = trial
-        return layout
-    return build()
-
-
 @pytest.mark.parametrize("model", ["h100-80gb", "a100-40gb", "a30"])
 def test_random_transitions_on_the_simulator(sim, run, model):
     @settings(max_examples=25, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-    @given(start=random_layout(model), target=random_layout(model))
+    @given(start=feasible_layouts(model, 7), target=feasible_layouts(model, 7))
     def check(start, target):
         sim.create(model)
         enable_mig_now(sim, 0)
