@@ -10,16 +10,23 @@ __metaclass__ = type
 
 import ctypes
 
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError, text
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import SELECTOR_SPEC, argument_spec
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import COMPUTE_MODES, NvmlError, text
 
 SUBSETS = ("mig_profiles", "mig_instances", "processes")
+
+GPU_INFO_SPEC = argument_spec(SELECTOR_SPEC, {
+    "gather": {"type": "list", "elements": "str", "default": ["all"],
+               "choices": ["all", "min", "mig_profiles", "mig_instances", "processes"]},
+    "allow_missing": {"type": "bool", "default": False},
+})
+# Failures that mean "no usable NVIDIA stack here" (allow_missing turns them into empty facts).
+UNAVAILABLE_KINDS = ("pynvml_missing", "library_missing", "driver_not_loaded", "no_gpu")
 
 ARCHITECTURES = {
     2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada", 9: "hopper",
     10: "blackwell",
 }
-COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
-FIELD_RESETLESS_MIG = 184
 _SKIPPED_PROFILE_ERRORS = ("not_supported", "invalid_argument")
 _MIB = 1024 * 1024
 
@@ -160,13 +167,6 @@ def _optional(session, name, gpu, *args):
         raise
 
 
-def _resetless_mig(session, gpu):
-    values = _optional(session, "nvmlDeviceGetFieldValues", gpu, [FIELD_RESETLESS_MIG])
-    if values is None or values[0].nvmlReturn != 0:
-        return False
-    return bool(values[0].value.uiVal)
-
-
 def describe_gpu(session, gpu, subsets=SUBSETS):
     """Facts for one GPU; `subsets` limits the costlier parts (MIG profiles/instances, processes)."""
     memory = session.call("nvmlDeviceGetMemoryInfo", gpu.handle, what="read memory info", gpu=gpu)
@@ -174,7 +174,7 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
                               gpu=gpu)
     architecture = _optional(session, "nvmlDeviceGetArchitecture", gpu)
     persistence = _optional(session, "nvmlDeviceGetPersistenceMode", gpu)
-    compute_mode = _optional(session, "nvmlDeviceGetComputeMode", gpu)
+    compute_mode = _optional(session, "nvmlDeviceGetComputeMode", gpu)  # NotSupported is a fact here
     mig_mode = session.mig_mode(gpu)
     facts = {
         "index": gpu.index,
@@ -193,7 +193,7 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
             "capable": mig_mode is not None,
             "current": None if mig_mode is None else ("enabled" if mig_mode[0] else "disabled"),
             "pending": None if mig_mode is None else ("enabled" if mig_mode[1] else "disabled"),
-            "resetless_supported": _resetless_mig(session, gpu) if mig_mode is not None else False,
+            "resetless_supported": session.resetless_mig(gpu) if mig_mode is not None else False,
         },
     }
     if mig_mode is not None and ("mig_profiles" in subsets or "mig_instances" in subsets):
@@ -207,7 +207,15 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
     return facts
 
 
+def subsets_of(gather_option):
+    """The `gather` option as the subsets to read."""
+    requested = set(gather_option or ["all"])
+    return SUBSETS if "all" in requested else tuple(s for s in SUBSETS if s in requested)
+
+
 def gather(session, devices="all", device_filter=None, subsets=SUBSETS):
+    if not session.gpus():
+        raise NvmlError("the NVIDIA driver is loaded but NVML reports no GPU on this host", kind="no_gpu")
     gpus = session.select(devices, device_filter)
     return {
         "driver": {

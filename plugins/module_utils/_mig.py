@@ -26,7 +26,6 @@ import time
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError
 from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import (
-    FIELD_RESETLESS_MIG,
     gpu_instance_profiles,
     mig_instances,
 )
@@ -34,7 +33,6 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as 
 
 DEFAULT_LOCK_FILE = "/run/gpuops-nvidia/mig.lock"
 LOCK_FILE_ENV = "GPUOPS_MIG_LOCK_FILE"
-ARCH_HOPPER = 9
 STATUS_SUCCESS = 0
 STATUS_RESET_REQUIRED = 16
 STATUS_IN_USE = 19
@@ -134,19 +132,8 @@ def read_mode(session, gpu):
 
 
 def resetless(session, gpu):
-    """True when a MIG mode change applies at once (Hopper and later)."""
-    try:
-        values = session.call("nvmlDeviceGetFieldValues", gpu.handle, [FIELD_RESETLESS_MIG],
-                              what="read the resetless-MIG field", gpu=gpu)
-        if values[0].nvmlReturn == 0:
-            return bool(values[0].value.uiVal)
-    except NvmlError:
-        pass
-    try:
-        return session.call("nvmlDeviceGetArchitecture", gpu.handle, what="read the architecture",
-                            gpu=gpu) >= ARCH_HOPPER
-    except NvmlError:
-        return False
+    """True when a MIG mode change applies at once (Hopper and later): the seam's one reader."""
+    return session.resetless_mig(gpu)
 
 
 def snapshot(session, gpu, catalog=None):

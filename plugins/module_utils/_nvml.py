@@ -16,6 +16,13 @@ __metaclass__ = type
 import re
 import traceback
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
+    PCI_DEVICE_ID_PATTERN,
+    GpuopsError,
+    check_device_filter,
+    parse_devices,
+)
+
 try:
     import pynvml
 except ImportError:
@@ -42,23 +49,28 @@ _KINDS = {
     23: "insufficient_resources",
 }
 
-PCI_DEVICE_ID_PATTERN = re.compile(r"^0x[0-9a-fA-F]{8}(:0x[0-9a-fA-F]{8})?$")
+COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
+# NVML_FI_DEV_MIG_MODE_CHANGE_WITHOUT_RESET (Hopper and later switch the MIG mode without a GPU reset).
+FIELD_RESETLESS_MIG = 184
+ARCH_HOPPER = 9
+NO_INSTANCE = 0xFFFFFFFF
 _BUS_ID_FULL = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
 _BUS_ID_SHORT = re.compile(r"^([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
 
 
-class NvmlError(Exception):
+class NvmlError(GpuopsError):
     """Any failure talking to NVML or selecting GPUs, with an actionable message.
 
-    `kind` is a stable keyword (library_missing, driver_not_loaded, no_permission, not_supported, not_found,
-    gpu_lost, in_use, insufficient_resources, invalid_selection, ...); `nvml_code` the nvmlReturn_t, if any.
+    `kind` is a stable keyword (pynvml_missing, library_missing, driver_not_loaded, no_permission, not_supported,
+    not_found, gpu_lost, in_use, insufficient_resources, invalid_selection, ...); `nvml_code` the nvmlReturn_t.
     """
 
-    def __init__(self, message, kind="nvml", nvml_code=None):
-        super(NvmlError, self).__init__(message)
-        self.message = message
-        self.kind = kind
-        self.nvml_code = nvml_code
+    def __init__(self, message, kind="nvml", nvml_code=None, details=None):
+        super(NvmlError, self).__init__(message, kind=kind, nvml_code=nvml_code, details=details)
+
+
+PYNVML_MISSING = ("the Python package nvidia-ml-py (import name pynvml) is not installed for the Python that runs "
+                  "this on the managed node: install it with pip (it is in this collection's requirements.txt)")
 
 
 def text(value):
@@ -83,21 +95,6 @@ def normalize_bus_id(value):
 def format_pci_device_id(value):
     """NVML's pciDeviceId (device << 16 | vendor) in mig-parted's form, e.g. `0x233010DE`."""
     return "0x%08X" % value
-
-
-def parse_devices(value):
-    """`all`, a list, or the string forms ad-hoc use produces (`0,1`, `[0, 1]`) -> `all` or a list."""
-    if value is None or value == "all" or value == ["all"]:
-        return "all"
-    if isinstance(value, bool) or not isinstance(value, (str, int, list, tuple)):
-        raise NvmlError("devices must be `all` or a list of GPU indices, UUIDs or PCI bus ids; got %r" % (value,),
-                        kind="invalid_selection")
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, str):
-        stripped = value.strip().strip("[]")
-        return [item.strip().strip("'\"") for item in stripped.split(",") if item.strip()]
-    return list(value)
 
 
 class Gpu:
@@ -148,9 +145,7 @@ class NvmlSession:
 
     def open(self):
         if self.pynvml is None:
-            raise NvmlError("the Python package nvidia-ml-py (pynvml) is not installed on the managed node: "
-                            "install it with pip (it is in this collection's requirements.txt)",
-                            kind="pynvml_missing")
+            raise NvmlError(PYNVML_MISSING, kind="pynvml_missing", details={"exception": PYNVML_IMPORT_ERROR})
         try:
             self.pynvml.nvmlInit()
         except self.pynvml.NVMLError as exc:
@@ -269,19 +264,11 @@ class NvmlSession:
 
     def select(self, devices="all", device_filter=None):
         """The common selector: `devices` is `all` or a list of index / UUID / bus id, then `device_filter`."""
-        if device_filter:
-            bad = [f for f in device_filter if not PCI_DEVICE_ID_PATTERN.match(str(f))]
-            if bad:
-                raise NvmlError("device_filter entries must be PCI device ids such as 0x233010DE (device id then "
-                                "vendor id 10DE), optionally :0xSSSSVVVV for the subsystem; got %s"
-                                % ", ".join(repr(b) for b in bad), kind="invalid_selection")
+        device_filter = check_device_filter(device_filter)
         devices = parse_devices(devices)
         if devices == "all":
             selected = list(self.gpus())
         else:
-            if not devices:
-                raise NvmlError("devices is empty: give `all` or a list of GPU indices, UUIDs or PCI bus ids",
-                                kind="invalid_selection")
             selected = []
             chosen_by = {}
             for key in devices:
@@ -306,6 +293,62 @@ class NvmlSession:
             raise
         return int(mode[0]), int(mode[1])
 
+    def resetless_mig(self, gpu):
+        """True when a MIG mode change applies at once, without a GPU reset (Hopper and later).
+
+        The one reader for facts and the MIG engine: NVML's field value where the driver answers it, else the
+        architecture (Hopper or later), else False.
+        """
+        try:
+            values = self.call("nvmlDeviceGetFieldValues", gpu.handle, [FIELD_RESETLESS_MIG],
+                               what="read the resetless-MIG field", gpu=gpu)
+            if values[0].nvmlReturn == 0:
+                return bool(values[0].value.uiVal)
+        except NvmlError:
+            pass
+        try:
+            return self.call("nvmlDeviceGetArchitecture", gpu.handle, what="read the architecture",
+                             gpu=gpu) >= ARCH_HOPPER
+        except NvmlError:
+            return False
+
+    def compute_mode(self, gpu):
+        """The compute mode as NVML's number (see COMPUTE_MODES): the one reader for facts and the MPS engine."""
+        return self.call("nvmlDeviceGetComputeMode", gpu.handle, what="read the compute mode", gpu=gpu)
+
+    def resolve_devices(self, devices, device_filter=None, allow_mig=False):
+        """The selector resolved to CUDA devices, in the order given: [{uuid, type (gpu|mig), index, parent_uuid,
+        parent_index}].
+
+        Like select(), plus MIG device UUIDs where `allow_mig` (an MPS daemon serves MIG devices); a GPU in MIG
+        mode is then refused, because CUDA sees its MIG devices, not the GPU.
+        """
+        keys = parse_devices(devices)
+        device_filter = check_device_filter(device_filter)
+        entries, chosen_by = [], {}
+        for key in (self.select("all", device_filter) if keys == "all" else keys):
+            key_text = str(key if keys != "all" else key.uuid).strip()
+            if allow_mig and key_text.upper().startswith("MIG-"):
+                parent, handle = self.mig_device_uuid_parent(key_text)
+                entry = {"uuid": text(self.call("nvmlDeviceGetUUID", handle, what="read the UUID of %s" % key_text)),
+                         "type": "mig", "index": None, "parent_uuid": parent.uuid, "parent_index": parent.index}
+            else:
+                parent = key if keys == "all" else self.find(key)
+                mode = self.mig_mode(parent) if allow_mig else None
+                if mode and mode[0]:
+                    raise NvmlError("%s is in MIG mode: CUDA sees its MIG devices, not the GPU; list its MIG "
+                                    "devices (MIG-... UUIDs) instead" % parent.describe(), kind="invalid_selection")
+                entry = {"uuid": parent.uuid, "type": "gpu", "index": parent.index, "parent_uuid": None,
+                         "parent_index": None}
+            if device_filter and not parent.matches_filter(device_filter):
+                continue
+            if entry["uuid"] in chosen_by:
+                raise NvmlError("device %s is selected twice (as %r and %r): list each device once"
+                                % (entry["uuid"], chosen_by[entry["uuid"]], key), kind="invalid_selection")
+            chosen_by[entry["uuid"]] = key
+            entries.append(entry)
+        return entries
+
     def mig_device_uuid_parent(self, uuid):
         """(parent Gpu, handle) for a MIG device UUID."""
         handle = self.call("nvmlDeviceGetHandleByUUID", uuid, what="find MIG device %s" % uuid)
@@ -323,21 +366,14 @@ class NvmlSession:
                 name = text(self.pynvml.nvmlSystemGetProcessName(proc.pid))
             except self.pynvml.NVMLError:
                 name = None
-            no_instance = 0xFFFFFFFF
-            gi_id = getattr(proc, "gpuInstanceId", no_instance)
-            ci_id = getattr(proc, "computeInstanceId", no_instance)
+            gi_id = getattr(proc, "gpuInstanceId", NO_INSTANCE)
+            ci_id = getattr(proc, "computeInstanceId", NO_INSTANCE)
             processes.append({
                 "pid": proc.pid,
                 "name": name,
                 "used_gpu_memory": proc.usedGpuMemory,
-                "gpu_instance_id": None if gi_id == no_instance else gi_id,
-                "compute_instance_id": None if ci_id == no_instance else ci_id,
+                "gpu_instance_id": None if gi_id == NO_INSTANCE else gi_id,
+                "compute_instance_id": None if ci_id == NO_INSTANCE else ci_id,
             })
         return processes
 
-
-# The argument spec of the common device selector, shared by every module (plain data).
-DEVICE_SELECTOR_ARGS = {
-    "devices": {"type": "raw", "default": "all"},
-    "device_filter": {"type": "list", "elements": "str"},
-}

@@ -13,10 +13,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
 import os
 import socket
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import SELECTOR_SPEC, argument_spec, check_options
+from ansible_collections.gpuops.nvidia.plugins.module_utils._host import process_alive
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError
 
 RUN_DIR = "/var/run/nvidia-persistenced"
@@ -25,6 +26,11 @@ SOCKET_FILE = "socket"
 
 STATES = ("enabled", "disabled")
 
+PERSISTENCE_SPEC = argument_spec(SELECTOR_SPEC, {
+    "state": {"type": "str", "choices": list(STATES), "default": "enabled"},
+    "persistenced_run_dir": {"type": "path", "default": RUN_DIR},
+})
+
 LEGACY_WARNING = (
     "persistence mode was enabled through NVML's legacy flag with no nvidia-persistenced running: it does not "
     "survive a reboot. Run the daemon NVIDIA recommends, e.g. with the gpuops.nvidia.persistenced role.")
@@ -32,15 +38,6 @@ DAEMON_WARNING = (
     "nvidia-persistenced (pid %s) is running: it enables persistence mode again whenever it (re)starts, and a "
     "node reboot starts it. To keep persistence disabled, stop and disable the nvidia-persistenced service "
     "(or start it with --no-persistence-mode).")
-
-
-def _live(pid):
-    """True if a process with this pid exists (EPERM means it exists under another uid)."""
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
 
 
 def _socket_answers(path):
@@ -68,7 +65,7 @@ def daemon_status(run_dir=RUN_DIR):
         pid = int(content.split()[0]) if content else None
     except (IOError, OSError, ValueError, IndexError):
         pid = None
-    if pid is not None and pid > 0 and _live(pid):
+    if pid is not None and pid > 0 and process_alive(pid):
         return {"running": True, "pid": pid, "evidence": "pid_file"}
     if _socket_answers(os.path.join(run_dir, SOCKET_FILE)):
         return {"running": True, "pid": None, "evidence": "socket"}
@@ -100,16 +97,17 @@ def _diff_key(gpu):
     return "GPU %d (%s)" % (gpu.index, gpu.uuid)
 
 
-def ensure(nvml, state, devices="all", device_filter=None, check_mode=False, run_dir=RUN_DIR):
-    """Bring every selected GPU's persistence mode to `state`; returns the result dictionary.
+def ensure(nvml, params, check_mode=False):
+    """Bring every selected GPU's persistence mode to `params["state"]`; returns the result dictionary.
 
-    All selected GPUs are read before any is written, so a GPU that cannot report (or does not support)
-    persistence mode fails the run with nothing changed. A failure while writing raises NvmlError whose
-    message names the GPUs already changed; `partial` on the exception carries the per-GPU entries.
+    `params` is checked against PERSISTENCE_SPEC. All selected GPUs are read before any is written, so a GPU
+    that cannot report (or does not support) persistence mode fails the run with nothing changed. A failure
+    while writing raises NvmlError whose message names the GPUs already changed and whose details carry the
+    per-GPU entries and `changed`.
     """
-    if state not in STATES:
-        raise NvmlError("state must be one of %s, got %r" % (", ".join(STATES), state), kind="invalid_argument")
-    gpus = nvml.select(devices=devices, device_filter=device_filter)
+    params = check_options(PERSISTENCE_SPEC, params)
+    state, run_dir = params["state"], params["persistenced_run_dir"]
+    gpus = nvml.select(devices=params["devices"], device_filter=params["device_filter"])
     plan = [(gpu, read_mode(nvml, gpu)) for gpu in gpus]
 
     mode = nvml.pynvml.NVML_FEATURE_ENABLED if state == "enabled" else nvml.pynvml.NVML_FEATURE_DISABLED
@@ -126,12 +124,13 @@ def ensure(nvml, state, devices="all", device_filter=None, check_mode=False, run
                 after = read_mode(nvml, gpu)
             except NvmlError as exc:
                 done = [e for e in entries if e["changed"]]
+                message = exc.message
                 if done:
-                    exc.message = "%s; already changed before this failure: %s" % (
-                        exc.message, ", ".join("GPU %d (%s)" % (e["index"], e["uuid"]) for e in done))
-                    exc.args = (exc.message,)
-                exc.partial = entries + [_gpu_entry(g, b, b) for g, b in plan[position:]]
-                raise
+                    message = "%s; already changed before this failure: %s" % (
+                        message, ", ".join("GPU %d (%s)" % (e["index"], e["uuid"]) for e in done))
+                partial = entries + [_gpu_entry(g, b, b) for g, b in plan[position:]]
+                raise NvmlError(message, kind=exc.kind, nvml_code=exc.nvml_code,
+                                details={"gpus": partial, "changed": bool(done)})
             if after != state:
                 raise NvmlError("%s still reports persistence mode %s after it was set to %s"
                                 % (gpu.describe(), after, state), kind="not_applied")

@@ -163,54 +163,37 @@ ansible_facts:
     nvidia_driver: {description: Same as RV(driver)., type: dict, returned: always}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import SUBSETS, gather
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import (
-    DEVICE_SELECTOR_ARGS,
-    PYNVML_IMPORT_ERROR,
-    NvmlError,
-    NvmlSession,
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import (
+    GPU_INFO_SPEC,
+    UNAVAILABLE_KINDS,
+    gather,
+    subsets_of,
 )
-
-UNAVAILABLE_KINDS = ("library_missing", "driver_not_loaded", "no_gpu")
+from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            DEVICE_SELECTOR_ARGS,
-            gather=dict(type="list", elements="str", default=["all"],
-                        choices=["all", "min", "mig_profiles", "mig_instances", "processes"]),
-            allow_missing=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
+    module = new_module(GPU_INFO_SPEC)
     params = module.params
-    requested = set(params["gather"])
-    subsets = SUBSETS if "all" in requested else tuple(s for s in SUBSETS if s in requested)
 
-    def unavailable(reason):
-        facts = {"nvidia_gpus": [], "nvidia_driver": {}}
-        module.exit_json(changed=False, driver={}, gpus=[], unavailable_reason=reason, ansible_facts=facts)
+    def work():
+        try:
+            with NvmlSession() as session:
+                found = gather(session, params["devices"], params["device_filter"], subsets_of(params["gather"]))
+        except GpuopsError as exc:
+            if not (params["allow_missing"] and exc.kind in UNAVAILABLE_KINDS):
+                raise
+            found = {"driver": {}, "gpus": [], "unavailable_reason": exc.message}
+        warnings = []
+        if params["device_filter"] and not found["gpus"] and not found.get("unavailable_reason"):
+            warnings.append("device_filter %s matched no GPU on this host" % ", ".join(params["device_filter"]))
+        return {"changed": False, "driver": found["driver"], "gpus": found["gpus"],
+                "unavailable_reason": found.get("unavailable_reason"), "warnings": warnings,
+                "ansible_facts": {"nvidia_gpus": found["gpus"], "nvidia_driver": found["driver"]}}
 
-    if PYNVML_IMPORT_ERROR is not None:
-        if params["allow_missing"]:
-            unavailable(missing_required_lib("nvidia-ml-py"))
-        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR)
-    try:
-        with NvmlSession() as session:
-            if not session.gpus():
-                raise NvmlError("the NVIDIA driver is loaded but NVML reports no GPU on this host", kind="no_gpu")
-            result = gather(session, params["devices"], params["device_filter"], subsets)
-    except NvmlError as exc:
-        if params["allow_missing"] and exc.kind in UNAVAILABLE_KINDS:
-            unavailable(exc.message)
-        module.fail_json(msg=exc.message, error_kind=exc.kind, nvml_code=exc.nvml_code)
-    if params["device_filter"] and not result["gpus"]:
-        module.warn("device_filter %s matched no GPU on this host" % ", ".join(params["device_filter"]))
-    module.exit_json(changed=False, driver=result["driver"], gpus=result["gpus"], unavailable_reason=None,
-                     ansible_facts={"nvidia_gpus": result["gpus"], "nvidia_driver": result["driver"]})
+    finish(module, work)
 
 
 if __name__ == "__main__":

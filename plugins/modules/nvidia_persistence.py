@@ -28,9 +28,8 @@ description:
   - Setting persistence mode needs root (use C(become=true)); reading it does not.
 author:
   - gpuops.nvidia contributors (@gpuops)
-requirements:
-  - nvidia-ml-py (pynvml) on the managed node
-  - the NVIDIA driver (libnvidia-ml.so.1) on the managed node
+extends_documentation_fragment:
+  - gpuops.nvidia.devices
 options:
   state:
     description:
@@ -38,21 +37,6 @@ options:
     type: str
     choices: [enabled, disabled]
     default: enabled
-  devices:
-    description:
-      - The GPUs to act on. V(all) (the default) or a list of GPU indices, GPU UUIDs (V(GPU-...)) or PCI bus ids
-        (V(0000:18:00.0)). MIG device UUIDs are refused; select their parent GPU.
-      - Indices are not stable across reboots; prefer UUIDs or PCI bus ids.
-    type: list
-    elements: str
-    default: [all]
-  device_filter:
-    description:
-      - Narrow the GPUs chosen by O(devices) to these PCI device ids, as in mig-parted's C(device-filter), that is
-        V(0xDDDDVVVV) (device id then vendor id, for example V(0x233010DE) for an H100 80GB HBM3), optionally
-        followed by V(:0xSSSSVVVV) for the subsystem id.
-    type: list
-    elements: str
   persistenced_run_dir:
     description:
       - The runtime directory of C(nvidia-persistenced), where the module looks for its pid file
@@ -172,54 +156,19 @@ error_kind:
   sample: no_permission
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
-    import pynvml  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    HAS_PYNVML = False
-    PYNVML_IMPORT_ERROR = traceback.format_exc()
-else:
-    HAS_PYNVML = True
-    PYNVML_IMPORT_ERROR = None
-
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError, NvmlSession
-from ansible_collections.gpuops.nvidia.plugins.module_utils._persistence import RUN_DIR, STATES, ensure
+from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
+from ansible_collections.gpuops.nvidia.plugins.module_utils._persistence import PERSISTENCE_SPEC, ensure
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", choices=list(STATES), default="enabled"),
-            devices=dict(type="list", elements="str", default=["all"]),
-            device_filter=dict(type="list", elements="str"),
-            persistenced_run_dir=dict(type="path", default=RUN_DIR),
-        ),
-        supports_check_mode=True,
-    )
-    if not HAS_PYNVML:
-        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR)
+    module = new_module(PERSISTENCE_SPEC)
 
-    params = module.params
-    try:
+    def work():
         with NvmlSession() as nvml:
-            result = ensure(nvml, params["state"], devices=params["devices"], device_filter=params["device_filter"],
-                            check_mode=module.check_mode, run_dir=params["persistenced_run_dir"])
-    except NvmlError as exc:
-        extra = {}
-        if getattr(exc, "partial", None) is not None:
-            extra["gpus"] = exc.partial
-            extra["changed"] = any(entry["changed"] for entry in exc.partial)
-        module.fail_json(msg=exc.message, error_kind=exc.kind, **extra)
+            return ensure(nvml, module.params, check_mode=module.check_mode)
 
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+    finish(module, work)
 
 
 if __name__ == "__main__":

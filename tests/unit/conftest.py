@@ -77,6 +77,10 @@ class ModuleResult(dict):
 def run_module(module, args, check_mode=False, diff=False, capsys=None):
     """Run an Ansible module's main() in-process with `args`; returns its JSON result."""
     args = dict(args)
+    # Ansible keeps warnings in module-global state; each in-process run starts with none.
+    from ansible.module_utils.common import warnings as ansible_warnings  # pylint: disable=import-outside-toplevel
+    ansible_warnings._global_warnings.clear()  # pylint: disable=protected-access
+    ansible_warnings._global_deprecations.clear()  # pylint: disable=protected-access
     args["_ansible_check_mode"] = check_mode
     args["_ansible_diff"] = diff
     with patch_module_args(args):

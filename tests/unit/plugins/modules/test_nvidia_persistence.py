@@ -257,15 +257,6 @@ def test_driver_not_loaded(sim, run, run_dir):
     assert result["error_kind"] == "driver_not_loaded"
 
 
-def test_missing_pynvml(sim, run, run_dir, monkeypatch):
-    sim.create("h100-80gb:1")
-    monkeypatch.setattr(module, "HAS_PYNVML", False)
-    monkeypatch.setattr(module, "PYNVML_IMPORT_ERROR", "Traceback: ImportError: No module named pynvml")
-    result = persist(run, {"state": "enabled"}, run_dir)
-    assert result.failed
-    assert "nvidia-ml-py" in result["msg"]
-
-
 NON_ROOT_RUNNER = r"""
 import json, os, sys
 sys.path.insert(0, {simulator!r})
