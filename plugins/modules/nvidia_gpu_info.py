@@ -90,6 +90,11 @@ error_kind:
   returned: failure
   type: str
   sample: library_missing
+nvml_code:
+  description: On failure, the nvmlReturn_t code when NVML answered the call that failed.
+  returned: failure, when NVML answered
+  type: int
+  sample: 999
 driver:
   description: Driver, NVML and CUDA driver versions (empty when unavailable).
   returned: always

@@ -23,14 +23,20 @@ description:
   - Optionally sets the GPUs' compute mode through NVML before the start and restores it when the daemon is
     stopped, recording the original mode in a small state file in the pipe directory.
   - Reports the running MPS servers and their clients.
+  - O(devices) also takes MIG device UUIDs (C(MIG-...)): the daemon serves those MIG devices. A GPU in MIG mode
+    cannot be listed itself; one daemon per MIG device is the supported setup. With V(all) and no O(device_filter)
+    the daemon sees every GPU; otherwise the selected devices' UUIDs go into the daemon's C(CUDA_VISIBLE_DEVICES)
+    and into RV(client_environment).
   - Settings that only a start sets (O(devices), O(log_directory), O(user), O(multiuser)) restart the daemon when
     they differ from the running daemon's, unless clients are connected, which fails unless O(state=restarted).
 author:
   - gpuops.nvidia contributors (@gpuops)
 requirements:
   - The NVIDIA driver's C(nvidia-cuda-mps-control) on the managed node.
-  - nvidia-ml-py (pynvml) when O(devices) is given or O(compute_mode) is not V(keep).
+  - nvidia-ml-py (pynvml) when O(devices) or O(device_filter) select devices, or O(compute_mode) is not V(keep).
   - C(runuser) (util-linux) when O(user) differs from the user the module runs as.
+extends_documentation_fragment:
+  - gpuops.nvidia.devices
 attributes:
   check_mode:
     support: full
@@ -62,13 +68,6 @@ options:
       - C(CUDA_MPS_LOG_DIRECTORY) of the daemon (C(control.log), C(server.log)). Created (mode 0755) if missing.
     type: path
     default: /var/log/nvidia-mps
-  devices:
-    description:
-      - GPUs or MIG devices the daemon serves, each a GPU index, C(GPU-) UUID, C(MIG-) UUID or PCI bus id.
-      - Resolved to UUIDs in the daemon's C(CUDA_VISIBLE_DEVICES). Omitted, the daemon sees every GPU.
-      - A GPU in MIG mode cannot be listed; list its MIG devices (one daemon per MIG device is the supported setup).
-    type: list
-    elements: str
   user:
     description:
       - Run the daemon as this user (through C(runuser)); the pipe and log directories are owned by it.
@@ -170,6 +169,11 @@ error_kind:
   returned: failure
   type: str
   sample: start_failed
+nvml_code:
+  description: On failure, the nvmlReturn_t code when NVML answered the call that failed.
+  returned: failure, when NVML answered
+  type: int
+  sample: 999
 state:
   description: V(started) or V(stopped).
   returned: always
@@ -244,10 +248,17 @@ servers:
       type: float
   sample: [{"pid": 508, "status": "ACTIVE", "clients": [436], "active_thread_percentage": 25.0}]
 client_environment:
-  description: Environment for clients of this daemon (Slurm jobs, notebooks, containers).
+  description:
+    - Everything a client of this daemon (Slurm job, notebook, container) needs in its environment, unmodified.
+    - C(CUDA_VISIBLE_DEVICES) names the daemon's devices by UUID whenever the daemon serves only some devices. A
+      client without it still sees every GPU of the node, and CUDA initialisation fails when the MPS server serves
+      fewer (seen on a two-GPU H200 node with one daemon per GPU).
+    - C(CUDA_MPS_PINNED_DEVICE_MEM_LIMIT), C(CUDA_MPS_ACTIVE_THREAD_PERCENTAGE) and C(CUDA_MPS_CLIENT_PRIORITY) repeat
+      the daemon's defaults when they are set.
   returned: when running
   type: dict
-  sample: {"CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps/gpu01", "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps/gpu01"}
+  sample: {"CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps/gpu01", "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps/gpu01",
+           "CUDA_VISIBLE_DEVICES": "GPU-5b6a2e0c-0d4c-5b6a-8f0e-0e1c2d3b4a59"}
 actions:
   description: What was done (or in check mode would be done), in order.
   returned: always
@@ -263,56 +274,30 @@ log_tail:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.gpuops.nvidia.plugins.module_utils._mps import (
-    CONTROL_BINARY, DEFAULT_LOG_DIRECTORY, DEFAULT_PIPE_DIRECTORY, MpsDaemon, MpsError)
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError
-
-ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["started", "stopped", "restarted"], default="started"),
-    pipe_directory=dict(type="path", default=DEFAULT_PIPE_DIRECTORY),
-    log_directory=dict(type="path", default=DEFAULT_LOG_DIRECTORY),
-    devices=dict(type="list", elements="str"),
-    user=dict(type="str"),
-    group=dict(type="str"),
-    multiuser=dict(type="bool", default=False),
-    default_active_thread_percentage=dict(type="float"),
-    default_device_pinned_mem_limit=dict(type="dict"),
-    default_client_priority=dict(type="int", choices=[0, 1]),
-    compute_mode=dict(type="str", choices=["exclusive_process", "default", "keep"], default="keep"),
-    binary=dict(type="path"),
-    timeout=dict(type="int", default=15),
-)
+from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps import MpsDaemon
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import CONTROL_BINARY, MPS_SPEC, MpsError
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = new_module(MPS_SPEC)
     params = module.params
-    binary = params["binary"] or module.get_bin_path(CONTROL_BINARY, opt_dirs=["/usr/bin", "/usr/local/cuda/bin"])
-    if binary and not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        if params["state"] != "stopped":
-            module.fail_json(msg="binary %s does not exist or is not executable" % binary, error_kind="binary_missing")
-        binary = None
 
     def run(argv, env=None, data=None):
         # binary_data: send `data` as is; run_command would append a newline, which the control reads as a command.
         return module.run_command(argv, data=data, binary_data=True, environ_update=env or {}, check_rc=False)
 
-    try:
+    def work():
+        binary = params["binary"] or module.get_bin_path(CONTROL_BINARY, opt_dirs=["/usr/bin", "/usr/local/cuda/bin"])
+        if binary and not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            if params["state"] != "stopped":
+                raise MpsError("binary %s does not exist or is not executable" % binary, kind="binary_missing")
+            binary = None
         daemon = MpsDaemon(dict(params), run, binary=binary, runuser=module.get_bin_path("runuser"),
                            check_mode=module.check_mode)
-        result = daemon.apply()
-    except MpsError as exc:
-        module.fail_json(msg=exc.message, error_kind=exc.kind, log_tail=exc.log_tail)
-    except NvmlError as exc:
-        module.fail_json(msg=exc.message, error_kind=exc.kind, nvml_code=exc.nvml_code)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+        return daemon.apply()
+
+    finish(module, work)
 
 
 if __name__ == "__main__":

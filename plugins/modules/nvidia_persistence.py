@@ -149,11 +149,17 @@ persistenced:
       type: str
       sample: pid_file
 error_kind:
-  description: On failure, a stable keyword for the cause (for example V(no_permission), V(not_supported),
-    V(invalid_selection), V(driver_not_loaded)).
+  description:
+    - On failure, a stable keyword for the cause, for example V(no_permission), V(not_supported), V(invalid_selection), V(driver_not_loaded).
+    - Every module of this collection reports failures under this key.
   returned: failure
   type: str
   sample: no_permission
+nvml_code:
+  description: On failure, the nvmlReturn_t code when NVML answered the call that failed.
+  returned: failure, when NVML answered
+  type: int
+  sample: 999
 """
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module

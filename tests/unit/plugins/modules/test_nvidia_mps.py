@@ -12,13 +12,17 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 import pynvml
 
-from ansible_collections.gpuops.nvidia.plugins.module_utils import _mps
+from ansible_collections.gpuops.nvidia.plugins.module_utils import _mps_control, _mps_spec
+from ansible_collections.gpuops.nvidia.plugins.module_utils._host import process_alive, process_environ
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_control import PID_FILE
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_devices import STATE_FILE
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mps
 
 STANDINS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "standins"))
@@ -41,11 +45,11 @@ def mps(tmp_path, monkeypatch, sim):
 
 def _pid(pipe):
     try:
-        with open(os.path.join(pipe, _mps.PID_FILE)) as handle:
+        with open(os.path.join(pipe, PID_FILE)) as handle:
             pid = int(handle.read())
     except (IOError, OSError, ValueError):
         return None
-    return pid if _mps.pid_alive(pid) else None
+    return pid if process_alive(pid) else None
 
 
 def _control(dirs, line):
@@ -56,7 +60,7 @@ def _control(dirs, line):
 
 
 def _environ(pid):
-    return _mps._proc_environ(pid)  # pylint: disable=protected-access
+    return process_environ(pid)
 
 
 def _compute_mode(sim, index=0):
@@ -104,7 +108,7 @@ def test_start_configures_and_reports(mps, sim, run):
     assert not result.failed, result
     assert result["changed"] and result["running"] and result["state"] == "started"
     pid = result["pid"]
-    assert pid and _mps.pid_alive(pid)
+    assert pid and process_alive(pid)
     assert result["defaults"] == {"active_thread_percentage": 25.0, "device_pinned_mem_limit": {"0": "20G"},
                                   "client_priority": 1}
     gpu = sim.gpu(0)
@@ -112,10 +116,10 @@ def test_start_configures_and_reports(mps, sim, run):
     assert _environ(pid)["CUDA_VISIBLE_DEVICES"] == gpu["uuid"]
     assert _compute_mode(sim, 0) == pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
     assert _compute_mode(sim, 1) == pynvml.NVML_COMPUTEMODE_DEFAULT
-    with open(os.path.join(mps["pipe_directory"], _mps.STATE_FILE)) as handle:
+    with open(os.path.join(mps["pipe_directory"], STATE_FILE)) as handle:
         assert json.load(handle)["compute_mode"][gpu["uuid"]]["original"] == 0
     assert sorted(os.listdir(mps["pipe_directory"])) == sorted(
-        [_mps.STATE_FILE, "control", "control_lock", "control_privileged", "log", _mps.PID_FILE])
+        [STATE_FILE, "control", "control_lock", "control_privileged", "log", PID_FILE])
     assert result["client_environment"]["CUDA_MPS_PIPE_DIRECTORY"] == mps["pipe_directory"]
     assert result["client_environment"]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=20G"
     assert _control(mps, "get_default_active_thread_percentage") == (0, "25.0")
@@ -166,7 +170,7 @@ def test_restarted_gives_a_new_daemon(mps, run):
     first = run(nvidia_mps, args(mps))
     result = run(nvidia_mps, args(mps, state="restarted"))
     assert result["changed"] and result["pid"] != first["pid"]
-    assert not _mps.pid_alive(first["pid"])
+    assert not process_alive(first["pid"])
 
 
 def test_device_change_restarts_an_idle_daemon(mps, sim, run):
@@ -184,7 +188,7 @@ def test_device_change_with_clients_is_refused(mps, run):
         result = run(nvidia_mps, args(mps, devices=["1"]))
         assert result.failed and result["error_kind"] == "restart_needed", result
         assert "1 client(s) are connected" in result["msg"]
-        assert _mps.pid_alive(first["pid"])
+        assert process_alive(first["pid"])
     finally:
         client.kill()
         client.wait()
@@ -197,7 +201,7 @@ def test_stop_leaves_nothing_behind(mps, sim, run):
     result = run(nvidia_mps, args(mps, state="stopped", compute_mode="exclusive_process"))
     assert not result.failed and result["changed"], result
     assert not result["running"]
-    assert not _mps.pid_alive(started["pid"])
+    assert not process_alive(started["pid"])
     assert _compute_mode(sim, 0) == pynvml.NVML_COMPUTEMODE_DEFAULT
     left = sorted(os.listdir(mps["pipe_directory"]))
     assert left == ["control", "control_lock", "control_privileged"]  # what the real daemon leaves after quit
@@ -219,14 +223,14 @@ def test_stop_after_a_killed_daemon_cleans_up(mps, sim, run):
     started = run(nvidia_mps, args(mps, **FULL))
     os.kill(started["pid"], signal.SIGKILL)
     for _attempt in range(50):
-        if not _mps.pid_alive(started["pid"]):
+        if not process_alive(started["pid"]):
             break
         time.sleep(0.05)
     result = run(nvidia_mps, args(mps, state="stopped"))
     assert result["changed"]
     assert _compute_mode(sim, 0) == pynvml.NVML_COMPUTEMODE_DEFAULT
-    assert _mps.PID_FILE not in os.listdir(mps["pipe_directory"])
-    assert _mps.STATE_FILE not in os.listdir(mps["pipe_directory"])
+    assert PID_FILE not in os.listdir(mps["pipe_directory"])
+    assert STATE_FILE not in os.listdir(mps["pipe_directory"])
 
 
 # -- check mode ------------------------------------------------------------------------------------------
@@ -249,7 +253,7 @@ def test_check_mode_limit_change_and_stop(mps, sim, run):
     assert _control(mps, "get_default_client_priority") == (0, "1")
     stop = run(nvidia_mps, args(mps, state="stopped"), check_mode=True)
     assert stop["changed"]
-    assert _mps.pid_alive(first["pid"])
+    assert process_alive(first["pid"])
     assert _compute_mode(sim, 0) == pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
 
 
@@ -284,7 +288,8 @@ def test_whole_gpu_in_mig_mode_is_refused(mps, run):
 
 def test_binary_missing(mps, run, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(nvidia_mps.AnsibleModule, "get_bin_path", lambda self, *a, **k: None)
+    from ansible.module_utils.basic import AnsibleModule  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(AnsibleModule, "get_bin_path", lambda self, *a, **k: None)
     result = run(nvidia_mps, args(mps))
     assert result.failed and result["error_kind"] == "binary_missing", result
     assert "nvidia-cuda-mps-control" in result["msg"]
@@ -348,15 +353,15 @@ def _fake_run(replies):
 
 
 def test_unknown_command_with_rc_0_is_an_error():
-    control = _mps.MpsControl("x", "/p", "/l", _fake_run({"get_default_client_priority": (
+    control = _mps_control.MpsControl("x", "/p", "/l", _fake_run({"get_default_client_priority": (
         0, 'Unknown command "get_default_client_priority"\n', "")}))
-    with pytest.raises(_mps.MpsError) as error:
+    with pytest.raises(_mps_spec.MpsError) as error:
         control.get_priority()
     assert error.value.kind == "unsupported_command"
 
 
 def test_server_not_found_with_rc_0_is_an_error():
-    control = _mps.MpsControl("x", "/p", "/l", _fake_run({
+    control = _mps_control.MpsControl("x", "/p", "/l", _fake_run({
         "get_server_list": (0, "508\n", ""),
         "get_server_status 508": (0, "Server 508 not found\n", ""),
     }))
@@ -364,12 +369,84 @@ def test_server_not_found_with_rc_0_is_an_error():
 
 
 def test_no_daemon_is_not_running():
-    control = _mps.MpsControl("x", "/p", "/l", _fake_run({"get_server_list": (
+    control = _mps_control.MpsControl("x", "/p", "/l", _fake_run({"get_server_list": (
         1, "Cannot find MPS control daemon process\n", "")}))
     assert control.is_running() is False
 
 
 def test_memory_limit_parsing():
-    assert _mps.parse_memory_limit("20g") == "20G"
-    assert _mps.memory_limit_bytes("20G") == _mps.memory_limit_bytes("20480M")
-    assert _mps.memory_limit_bytes("0") is None
+    assert _mps_spec.parse_memory_limit("20g") == "20G"
+    assert _mps_spec.memory_limit_bytes("20G") == _mps_spec.memory_limit_bytes("20480M")
+    assert _mps_spec.memory_limit_bytes("0") is None
+
+
+# -- clients on a multi-GPU node (found on a two-GPU H200: clients without CUDA_VISIBLE_DEVICES failed) ---------
+
+CLIENT = os.path.join(STANDINS, "gpuops-cuda-client")
+
+
+def _client(environment, *argv):
+    """Run the stand-in CUDA client with the node's PATH/simulator plus exactly `environment`."""
+    env = {"PATH": os.environ["PATH"], "GPUOPS_NVML_SIM_STATE": os.environ["GPUOPS_NVML_SIM_STATE"],
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    env.update(environment)
+    return subprocess.run([sys.executable, CLIENT] + list(argv), env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("selector", ["1", "GPU-UUID-OF-1", "BUS-ID-OF-1"])
+def test_client_environment_alone_runs_a_client_on_a_per_gpu_daemon(mps, sim, run, selector):
+    gpu1 = sim.gpu(1)
+    selector = {"GPU-UUID-OF-1": gpu1["uuid"], "BUS-ID-OF-1": gpu1["bus_id"]}.get(selector, selector)
+    started = run(nvidia_mps, args(mps, devices=[selector], default_device_pinned_mem_limit={"0": "4G"}))
+    assert not started.failed, started
+    env = started["client_environment"]
+    assert env["CUDA_VISIBLE_DEVICES"] == gpu1["uuid"]
+    ok = _client(env, "--allocate-mib", "1024", "--hold", "3")
+    assert ok.returncode == 0 and "client ok" in ok.stdout and gpu1["uuid"] in ok.stdout, ok.stderr
+
+
+def test_a_client_that_sees_more_gpus_than_the_daemon_serves_fails(mps, sim, run):
+    """What the module returned before the fix (no CUDA_VISIBLE_DEVICES): the stand-in fails it like real CUDA."""
+    started = run(nvidia_mps, args(mps, devices=["1"]))
+    env = dict(started["client_environment"])
+    env.pop("CUDA_VISIBLE_DEVICES")
+    failed = _client(env)
+    assert failed.returncode == 1 and "CUDA initialization failed (device=1, num_gpus=2)" in failed.stderr
+
+
+def test_clients_of_two_per_gpu_daemons_each_run_and_are_reported(mps, sim, run, tmp_path):
+    envs = []
+    for index in (0, 1):
+        dirs = {"pipe_directory": str(tmp_path / ("p%d" % index)), "log_directory": str(tmp_path / ("l%d" % index))}
+        envs.append((dirs, run(nvidia_mps, args(dirs, devices=[str(index)]))["client_environment"]))
+    clients = [subprocess.Popen([sys.executable, CLIENT, "--hold", "20"], env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                                text=True) for _dirs, env in envs]
+    try:
+        for (dirs, _env), client in zip(envs, clients):
+            assert "client ok" in client.stdout.readline()
+            report = run(nvidia_mps, args(dirs, devices=[dirs["pipe_directory"][-1]]))
+            assert [client.pid] == [c for s in report["servers"] for c in s["clients"]], report["servers"]
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+
+def test_pinned_limit_refuses_an_allocation_over_it(mps, sim, run):
+    started = run(nvidia_mps, args(mps, devices=["0"], default_device_pinned_mem_limit={"0": "4G"}))
+    over = _client(started["client_environment"], "--allocate-mib", str(6 * 1024))
+    assert over.returncode == 2 and "exceeds the pinned memory limit of 4096 MiB" in over.stderr
+    under = _client(started["client_environment"], "--allocate-mib", str(2 * 1024))
+    assert under.returncode == 0, under.stderr
+
+
+def test_client_priority_is_in_the_client_environment(mps, run):
+    started = run(nvidia_mps, args(mps, devices=["0"], default_client_priority=1, default_active_thread_percentage=25))
+    env = started["client_environment"]
+    assert env["CUDA_MPS_CLIENT_PRIORITY"] == "1" and env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+
+
+def test_every_gpu_daemon_leaves_cuda_visible_devices_unset(mps, run):
+    started = run(nvidia_mps, args(mps))
+    assert "CUDA_VISIBLE_DEVICES" not in started["client_environment"]
+    assert _client(started["client_environment"]).returncode == 0
