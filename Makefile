@@ -44,8 +44,11 @@ sanity: venv
 	cd $(SANITY_ROOT) && PATH=$(CURDIR)/.build/pythons:$(CURDIR)/$(BIN):/usr/local/bin:/usr/bin:/bin \
 		$(CURDIR)/$(BIN)/ansible-test sanity --color=no --requirements
 
+# ansible-lint puts its cache's collections ($$ANSIBLE_HOME/collections, else ~/.ansible/collections) before
+# ANSIBLE_COLLECTIONS_PATH: a cache in .build keeps any copy of gpuops.nvidia in the home from shadowing the checkout
+# (.ansible-lint: offline, so nothing is installed there). The venv on PATH, as ansible-lint wants it.
 lint: venv collection-link
-	$(BIN)/ansible-lint --profile production
+	PATH=$(abspath $(BIN)):$$PATH ANSIBLE_HOME=$(CURDIR)/.build/ansible-lint $(BIN)/ansible-lint --profile production
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist

@@ -1,14 +1,23 @@
 # Molecule harness targets (included by the main Makefile, which defines PYTHON, VENV, BIN, venv,
-# collection-link). Scenarios: every directory under molecule/ except shared.
-MOLECULE_SCENARIOS := $(sort $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
-NODE_SCRIPT := molecule/shared/scripts/gpuops_node.py
+# collection-link). Scenarios: every extensions/molecule/<name>/molecule.yml (Molecule's layout for a
+# collection), each merged over the base config extensions/molecule/config.yml; default/ is a stub Molecule
+# looks for (not a test), shared/ holds the create/destroy/check-mode playbooks.
+MOLECULE_DIR := extensions/molecule
+MOLECULE_BASE_CONFIG := $(MOLECULE_DIR)/config.yml
+MOLECULE_SCENARIOS := $(sort $(filter-out default,$(notdir $(patsubst %/molecule.yml,%,$(wildcard $(MOLECULE_DIR)/*/molecule.yml)))))
+# Simulated GPU nodes (nspawn boot, simulator, stand-ins): shared by the scenarios and `make demo`.
+NODE_DIR := tests/nodes
+NODE_SCRIPT := $(NODE_DIR)/gpuops_node.py
 DEMO_DIR := $(CURDIR)/.build/demo
 DEMO_NODE := $(DEMO_DIR)/gpu-node-1
 DEMO_RELEASE ?= bookworm
 DEMO_GPUS ?= h100-80gb:8
 KEEP ?=
-# Molecule and its ansible-* children come from the venv.
-MOLECULE_ENV := PATH=$(abspath $(BIN)):$$PATH
+# Molecule and its ansible-* children come from the venv. The scenario glob and the base config are named
+# explicitly, so a leftover molecule/ directory (e.g. __pycache__ of an old checkout) or a
+# ~/.config/molecule/config.yml cannot change what runs.
+MOLECULE := PATH=$(abspath $(BIN)):$$PATH MOLECULE_GLOB='$(MOLECULE_DIR)/*/molecule.yml' \
+	molecule --base-config $(MOLECULE_BASE_CONFIG)
 
 .PHONY: molecule molecule-clean nspawn-tools $(addprefix molecule-,$(MOLECULE_SCENARIOS)) demo demo-destroy
 
@@ -28,12 +37,12 @@ molecule: venv collection-link nspawn-tools
 	@for s in $(MOLECULE_SCENARIOS); do \
 		echo "=== molecule test -s $$s"; \
 		start=$$(date +%s); \
-		$(MOLECULE_ENV) molecule test -s $$s || { echo "=== molecule scenario $$s FAILED"; exit 1; }; \
+		$(MOLECULE) test -s $$s || { echo "=== molecule scenario $$s FAILED"; exit 1; }; \
 		echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - start ))s"; \
 	done
 
 $(addprefix molecule-,$(MOLECULE_SCENARIOS)): molecule-%: venv collection-link nspawn-tools
-	$(MOLECULE_ENV) molecule test -s $*
+	$(MOLECULE) test -s $*
 
 # Leak cleanup: destroys every nspawn node the harness cache knows about (all scenarios, demo).
 molecule-clean:
@@ -50,7 +59,7 @@ demo: venv collection-link nspawn-tools
 	$(BIN)/python $(NODE_SCRIPT) create --dir $(DEMO_NODE) --name gpu-node-1 --release $(DEMO_RELEASE) >/dev/null; \
 	$(BIN)/python $(NODE_SCRIPT) inventory --dir $(DEMO_NODE) > $(DEMO_DIR)/inventory.ini; \
 	echo "booted gpu-node-1 ($(DEMO_RELEASE)) in $$(( $$(date +%s) - start ))s"; \
-	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini molecule/shared/prepare.yml -e gpuops_gpus=$(DEMO_GPUS) >$(DEMO_DIR)/prepare.log \
+	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini $(NODE_DIR)/prepare.yml -e gpuops_gpus=$(DEMO_GPUS) >$(DEMO_DIR)/prepare.log \
 		|| { tail -n 40 $(DEMO_DIR)/prepare.log; exit 1; }; \
 	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml -e @playbooks/vars/demo.yml; \
 	echo "=== second run (must change nothing)"; \
