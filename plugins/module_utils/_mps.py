@@ -179,7 +179,7 @@ class MpsDaemon:
                            "in `binary`" % CONTROL_BINARY, kind="binary_missing")
 
     def _ensure_directories(self):
-        owner = _owner(self.config.get("user"), self.config.get("group"))
+        owner = check_owner(self.config.get("user"), self.config.get("group"))
         for name in ("pipe_directory", "log_directory"):
             path = self.config[name]
             if os.path.lexists(path) and not os.path.isdir(path):
@@ -368,7 +368,7 @@ class MpsDaemon:
             if multiuser != bool(self.config.get("multiuser")):
                 drift.append("multiuser (%s)" % multiuser)
         if self.config.get("user"):
-            owner = _owner(self.config["user"], None)
+            owner = check_owner(self.config["user"], None)
             uid = process_uid(pid)
             if owner and uid is not None and uid != owner[0]:
                 drift.append("user (uid %d)" % uid)
@@ -423,7 +423,8 @@ class MpsDaemon:
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def _owner(user, group):
+def check_owner(user, group):
+    """(uid, gid) of the daemon's user and group, or None; raises when either does not exist on the node."""
     if not user and not group:
         return None
     import grp
@@ -443,6 +444,6 @@ def _owner(user, group):
 
 
 def _user_differs(user):
-    owner = _owner(user, None)
+    owner = check_owner(user, None)
     return owner is not None and owner[0] != os.geteuid()
 

@@ -4,10 +4,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """gpuops-mps@.service helper: runs the nvidia_mps module's engine for one instance of the mps role.
 
-    python3 gpuops_mps_helper.py pre-start|configure|stop|post-stop INSTANCE
+    python3 gpuops_mps_helper.py pre-start|start|configure|stop|post-stop INSTANCE
 
-reads /etc/gpuops/mps/daemon/INSTANCE.json (written by the role) and imports the engine from the collection
-copy under /usr/local/lib/gpuops-nvidia. Exit 1 with the engine's message on stderr (journal) on failure.
+reads /etc/gpuops/mps/daemon/INSTANCE.json (the desired state the role validated on the node with
+nvidia_mps_instances and wrote unchanged), validates it again with the same validator, and imports the engine
+from the collection copy under /usr/local/lib/gpuops-nvidia. `start` resolves the devices through NVML now, on
+the node, and replaces itself with `nvidia-cuda-mps-control -d` in the daemon's environment. Exit 1 with the
+engine's message on stderr (journal) on failure, 2 on a usage error.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,22 +23,37 @@ import sys
 
 LIB = os.environ.get("GPUOPS_NVIDIA_LIB", "/usr/local/lib/gpuops-nvidia")
 CONFIG_DIR = os.environ.get("GPUOPS_MPS_CONFIG_DIR", "/etc/gpuops/mps/daemon")
-STEPS = ("pre-start", "configure", "stop", "post-stop")
+STEPS = ("pre-start", "start", "configure", "stop", "post-stop")
 
 
-def main(argv):
+def main(argv, execve=os.execve):
     if len(argv) != 2 or argv[0] not in STEPS:
         sys.stderr.write("usage: gpuops_mps_helper.py %s INSTANCE\n" % "|".join(STEPS))
         return 2
     step, instance = argv
-    sys.path.insert(0, LIB)
-    from ansible_collections.gpuops.nvidia.plugins.module_utils import _mps  # pylint: disable=import-outside-toplevel
-    from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError  # pylint: disable=import-outside-toplevel
+    if LIB not in sys.path:
+        sys.path.insert(0, LIB)
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+    from ansible_collections.gpuops.nvidia.plugins.module_utils._mps import MpsDaemon
+    from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_control import subprocess_runner
+    from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import CONTROL_BINARY
 
     try:
         with open(os.path.join(CONFIG_DIR, instance + ".json")) as handle:
             config = json.load(handle)
-        daemon = _mps.MpsDaemon(config, _mps.subprocess_runner, binary=config.get("binary") or "nvidia-cuda-mps-control")
+        config.pop("_comment", None)
+        daemon = MpsDaemon(config, subprocess_runner, binary=config.get("binary") or CONTROL_BINARY)
+        if step == "start":
+            command, env = daemon.service_start()
+            print("gpuops-mps@%s: %s%s" % (instance, " ".join(command), " for " + env["CUDA_VISIBLE_DEVICES"]
+                                           if env.get("CUDA_VISIBLE_DEVICES") else ""))
+            sys.stdout.flush()
+            environment = dict(os.environ)
+            environment.pop("CUDA_VISIBLE_DEVICES", None)
+            environment.update(env)
+            execve(command[0], command, environment)
+            return 0
         action = {"pre-start": daemon.service_pre_start, "configure": daemon.service_configure,
                   "stop": daemon.service_stop, "post-stop": daemon.service_post_stop}[step]
         for line in action():
@@ -45,8 +63,8 @@ def main(argv):
     except (IOError, OSError, ValueError) as exc:
         sys.stderr.write("gpuops-mps@%s: %s: %s\n" % (instance, step, exc))
         return 1
-    except (_mps.MpsError, NvmlError) as exc:
-        sys.stderr.write("gpuops-mps@%s: %s: %s\n" % (instance, step, exc.message))
+    except GpuopsError as exc:
+        sys.stderr.write("gpuops-mps@%s: %s: %s (%s)\n" % (instance, step, exc.message, exc.kind))
         return 1
     return 0
 

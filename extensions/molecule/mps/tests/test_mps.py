@@ -42,9 +42,42 @@ def test_pipe_and_log_directories(host):
 
 
 def test_client_environment_file(host):
+    state = json.loads(host.file(STATE).content_string)
     env = host.file("/etc/gpuops/mps/shared.env").content_string
     assert "CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps/shared" in env
     assert "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20G" in env
+    assert "CUDA_VISIBLE_DEVICES=%s" % state["gpus"][0]["uuid"] in env
+    assert "CUDA_MPS_CLIENT_PRIORITY=1" in env
+
+
+def client(host, instance, *argv):
+    """The stand-in CUDA client with nothing but the role's client environment file (env -i)."""
+    return host.run("set -a; . /etc/gpuops/mps/%s.env; set +a; exec env -i PATH=/usr/bin:/bin "
+                    "$(grep -v '^#' /etc/gpuops/mps/%s.env | xargs) gpuops-cuda-client %s"
+                    % (instance, instance, " ".join(argv)))
+
+
+def test_a_client_runs_with_only_the_env_file_on_a_two_gpu_node(host):
+    ok = client(host, "shared", "--allocate-mib", "1024")
+    assert ok.rc == 0 and "client ok" in ok.stdout, ok.stderr
+    refused = client(host, "shared", "--allocate-mib", str(21 * 1024))
+    assert refused.rc == 2 and "pinned memory limit" in refused.stderr
+
+
+def test_each_mig_device_daemon_serves_its_client(host):
+    for uuid in mig_uuids(host):
+        ok = client(host, uuid)
+        assert ok.rc == 0 and uuid in ok.stdout, ok.stderr
+
+
+def test_an_instance_selected_by_pci_bus_id_resolves_on_the_node(host):
+    state = json.loads(host.file(STATE).content_string)
+    desired = json.loads(host.file("/etc/gpuops/mps/daemon/bybus.json").content_string)
+    assert desired["devices"] == ["0000:38:00.0"]  # written as given, resolved on the node at every start
+    assert state["gpus"][2]["bus_id"] == "00000000:38:00.0"
+    assert "CUDA_VISIBLE_DEVICES=%s" % state["gpus"][2]["uuid"] in host.file("/etc/gpuops/mps/bybus.env").content_string
+    assert host.service("gpuops-mps@bybus.service").is_running
+    assert client(host, "bybus").rc == 0
 
 
 def test_one_daemon_per_mig_device(host):
@@ -65,6 +98,6 @@ def test_removed_instance_is_gone(host):
 
 
 def test_daemon_count(host):
-    # shared + 2 MIG devices; the stand-in names its daemons nvidia-cuda-mps-control
+    # shared + bybus + 2 MIG devices; the stand-in names its daemons nvidia-cuda-mps-control
     out = host.run("pgrep -c -x nvidia-cuda-mps").stdout.strip()
-    assert int(out or 0) == 3
+    assert int(out or 0) == 4

@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A set of MPS daemons for a node, planned and validated before anything changes. Plain Python.
+
+The mps role's preflight runs this (through the nvidia_mps_instances module) on the node: it expands one daemon
+per GPU or per MIG device, applies the defaults, validates every instance with the nvidia_mps validator, resolves
+devices through the NVML seam, checks users, names and uniqueness after resolution, and returns for each
+instance the exact desired state the role writes for its systemd helper and the client environment it writes
+for clients. Every problem is reported at once, before the role's first change.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
+    GpuopsError,
+    argument_spec,
+    check_options,
+    invalid,
+)
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import mig_device_uuids
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps import MpsDaemon, check_owner
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_devices import DaemonDevices
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import (
+    DAEMON_SPEC,
+    MPS_SPEC,
+    client_environment,
+    validate,
+)
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+INSTANCE_SPEC = argument_spec(DAEMON_SPEC, {"name": {"type": "str", "required": True}})
+INSTANCE_OPTIONS = sorted(INSTANCE_SPEC)
+
+PLAN_SPEC = {
+    "instances": {"type": "list", "elements": "dict", "default": []},
+    "per_gpu": {"type": "bool", "default": False},
+    "per_mig_device": {"type": "bool", "default": False},
+    "defaults": {"type": "dict", "default": {}},
+    "pipe_root": {"type": "path", "default": "/run/nvidia-mps"},
+    "log_root": {"type": "path", "default": "/var/log/nvidia-mps"},
+    "binary": {"type": "path", "default": "/usr/bin/nvidia-cuda-mps-control"},
+    "timeout": {"type": "int", "default": 30},
+}
+_DEFAULTABLE = sorted(set(DAEMON_SPEC) - {"devices", "device_filter"})
+
+
+def plan(params, run, nvml_factory=NvmlSession):
+    """{"instances": [{name, config, devices, client_environment, running, restart_needed, drift}]}.
+
+    Raises GpuopsError (kind invalid_argument or invalid_selection) listing every problem found.
+    """
+    params = check_options(PLAN_SPEC, params)
+    problems = []
+    defaults = dict((k, v) for k, v in (params["defaults"] or {}).items() if v is not None)
+    unknown = sorted(set(defaults) - set(_DEFAULTABLE))
+    if unknown:
+        raise invalid("defaults: unknown option(s) %s; valid: %s" % (", ".join(unknown), ", ".join(_DEFAULTABLE)))
+    wanted = []
+    for position, item in enumerate(params["instances"]):
+        label = "mps instance %s" % (item.get("name") if isinstance(item, dict) and item.get("name") else
+                                     "#%d" % (position + 1))
+        try:
+            checked = check_options(INSTANCE_SPEC, item, where=label)
+        except GpuopsError as exc:
+            problems.append(exc.message)
+            continue
+        # Only what the item sets overrides the defaults (the spec's own defaults would mask them).
+        settings = dict((k, checked[k]) for k, v in item.items() if v is not None and k != "name")
+        wanted.append((checked["name"], settings, "compute_mode" in settings))
+    wanted.extend(_generated(params, nvml_factory))
+
+    planned, by_pipe, by_device = [], {}, {}
+    for name, settings, explicit_mode in wanted:
+        where = "mps instance %s" % name
+        if not NAME_PATTERN.match(name):
+            problems.append("%s: the name must match %s (it names the systemd instance and the pipe and log "
+                            "directories; '.' and '..' and names starting with '.' or '-' are refused)"
+                            % (where, NAME_PATTERN.pattern))
+            continue
+        merged = dict(defaults)
+        merged.update(settings)
+        merged.update(state="started", binary=params["binary"], timeout=params["timeout"],
+                      pipe_directory=os.path.join(params["pipe_root"], name),
+                      log_directory=os.path.join(params["log_root"], name))
+        try:
+            config = validate(merged, MPS_SPEC, where=where)
+            devices = DaemonDevices(dict(config, compute_mode="keep"), nvml_factory, True, [], []).resolve()
+            if not explicit_mode and any(d["type"] == "mig" for d in devices):
+                config["compute_mode"] = "keep"  # NVML refuses EXCLUSIVE_PROCESS on MIG; MIG daemons keep it
+            if config["compute_mode"] != "keep":
+                DaemonDevices(config, nvml_factory, True, [], []).resolve()  # refuses compute modes NVML would
+            check_owner(config.get("user"), config.get("group"))
+        except GpuopsError as exc:
+            problems.append(exc.message if exc.message.startswith(where) else "%s: %s" % (where, exc.message))
+            continue
+        pipe = config["pipe_directory"]
+        if pipe in by_pipe:
+            problems.append("%s and mps instance %s use the same pipe directory %s: names must differ"
+                            % (where, by_pipe[pipe], pipe))
+            continue
+        by_pipe[pipe] = name
+        clash = [(d["uuid"], by_device[d["uuid"]]) for d in devices if d["uuid"] in by_device]
+        if clash or (not devices and by_device) or ("*" in by_device):
+            other = clash[0][1] if clash else (by_device.get("*") or sorted(set(by_device.values()))[0])
+            problems.append("%s and mps instance %s serve the same device%s: one MPS control daemon per device"
+                            % (where, other, " " + clash[0][0] if clash else " (one of them serves every GPU)"))
+            continue
+        for device in devices or [{"uuid": "*"}]:
+            by_device[device["uuid"]] = name
+        planned.append((name, config, devices))
+    if problems:
+        kinds = "invalid_selection" if all("no GPU" in p or "select" in p for p in problems) else "invalid_argument"
+        raise GpuopsError("; ".join(problems) + " (nothing was changed)", kind=kinds)
+
+    instances = []
+    for name, config, devices in planned:
+        daemon = MpsDaemon(config, run, binary=config["binary"] if os.access(config["binary"], os.X_OK) else None,
+                           check_mode=True, nvml_factory=nvml_factory)
+        running = daemon.control is not None and daemon.control.is_running()
+        drift = daemon.start_drift(devices) if running else []
+        instances.append({"name": name, "config": config, "devices": devices,
+                          "client_environment": client_environment(config, devices),
+                          "running": running, "restart_needed": bool(drift), "drift": drift})
+    return {"changed": False, "instances": instances}
+
+
+def _generated(params, nvml_factory):
+    """(name, settings, explicit compute mode) for one daemon per GPU / per MIG device."""
+    if not (params["per_gpu"] or params["per_mig_device"]):
+        return []
+    generated = []
+    with nvml_factory() as nvml:
+        for gpu in nvml.gpus():
+            mode = nvml.mig_mode(gpu)
+            if mode and mode[0]:
+                if params["per_mig_device"]:
+                    for _key, uuid in sorted(mig_device_uuids(nvml, gpu).items()):
+                        generated.append((uuid, {"devices": [uuid], "compute_mode": "keep"}, True))
+            elif params["per_gpu"]:
+                generated.append((gpu.uuid, {"devices": [gpu.uuid]}, False))
+    return generated

@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuops.nvidia contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""nvidia_mps_instances (the mps role's preflight) on the NVML simulator: expansion, validation, resolution."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import pytest
+
+from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mps_instances
+
+from test_nvidia_mps import _make_mig_device  # pylint: disable=import-error
+
+ROLE_DEFAULTS = {"user": "root", "group": "root", "multiuser": False, "compute_mode": "exclusive_process",
+                 "default_active_thread_percentage": None, "default_device_pinned_mem_limit": None,
+                 "default_client_priority": None}
+
+
+def plan(run, tmp_path, **params):
+    params.setdefault("defaults", ROLE_DEFAULTS)
+    params.setdefault("pipe_root", str(tmp_path / "run"))
+    params.setdefault("log_root", str(tmp_path / "log"))
+    params.setdefault("binary", "/nonexistent/nvidia-cuda-mps-control")
+    return run(nvidia_mps_instances, params, check_mode=True)
+
+
+def test_an_instance_selected_by_pci_bus_id_resolves_on_the_node(sim, run, tmp_path):
+    """The role used to resolve devices in Jinja and read `bus_id` where the facts say `pci_bus_id`."""
+    sim.create("h100-80gb:2")
+    bus = sim.gpu(1)["bus_id"]
+    for form in (bus, bus.replace("00000000:", "0000:").lower(), bus[-7:]):
+        result = plan(run, tmp_path, instances=[{"name": "bybus", "devices": [form]}])
+        assert not result.failed, result
+        (instance,) = result["instances"]
+        assert instance["config"]["devices"] == [form]  # written as given; the helper resolves at every start
+        assert instance["client_environment"]["CUDA_VISIBLE_DEVICES"] == sim.gpu(1)["uuid"]
+        assert instance["config"]["compute_mode"] == "exclusive_process" and not result["changed"]
+
+
+def test_generated_instances_per_gpu_and_per_mig_device(sim, run, tmp_path):
+    sim.create("h100-80gb:3")
+    mig = _make_mig_device(1)
+    result = plan(run, tmp_path, per_gpu=True, per_mig_device=True)
+    names = [i["name"] for i in result["instances"]]
+    assert names == [sim.gpu(0)["uuid"], mig, sim.gpu(2)["uuid"]]
+    by_name = dict((i["name"], i) for i in result["instances"])
+    assert by_name[mig]["config"]["compute_mode"] == "keep"
+    assert by_name[mig]["client_environment"]["CUDA_VISIBLE_DEVICES"] == mig
+    assert by_name[sim.gpu(0)["uuid"]]["config"]["compute_mode"] == "exclusive_process"
+
+
+def test_named_mig_instance_keeps_the_compute_mode_unless_it_says_otherwise(sim, run, tmp_path):
+    sim.create("h100-80gb:1")
+    mig = _make_mig_device(0)
+    result = plan(run, tmp_path, instances=[{"name": "m", "devices": [mig]}])
+    assert result["instances"][0]["config"]["compute_mode"] == "keep"
+    refused = plan(run, tmp_path, instances=[{"name": "m", "devices": [mig], "compute_mode": "exclusive_process"}])
+    assert refused.failed and "cannot be applied to MIG devices" in refused["msg"]
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "-x", "a/b", "a b", ""])
+def test_names_that_cannot_be_a_unit_or_directory_are_refused(sim, run, tmp_path, name):
+    sim.create("h100-80gb:1")
+    result = plan(run, tmp_path, instances=[{"name": name, "devices": [0]}])
+    assert result.failed and result["error_kind"] == "invalid_argument", result
+    assert "name" in result["msg"] and "nothing was changed" in result["msg"]
+
+
+def test_every_problem_is_reported_at_once_with_what_is_valid(sim, run, tmp_path):
+    sim.create("h100-80gb:2")
+    result = plan(run, tmp_path, instances=[
+        {"name": "a", "devices": [0], "default_device_pinned_mem_limit": {"0": "lots"}},
+        {"name": "b", "devices": [9]},
+        {"name": "c", "devices": [1], "user": "no-such-user-gpuops"},
+        {"name": "d", "devices": [1], "pinned_mem_limit": {"0": "4G"}},
+    ])
+    assert result.failed
+    message = result["msg"]
+    assert "mps instance a: bad default_device_pinned_mem_limit 'lots' for device 0" in message
+    assert "mps instance b: no GPU with index 9: GPUs on this host: 0 = " in message
+    assert "mps instance c: user no-such-user-gpuops does not exist" in message
+    assert "mps instance d: unknown option(s) pinned_mem_limit; valid options:" in message
+    assert "default_device_pinned_mem_limit" in message.split("mps instance d:")[1]
+
+
+def test_two_instances_on_one_device_or_one_pipe_directory_are_refused(sim, run, tmp_path):
+    sim.create("h100-80gb:2")
+    same_device = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]},
+                                                  {"name": "b", "devices": [sim.gpu(0)["uuid"]]}])
+    assert same_device.failed and "mps instance b and mps instance a serve the same device" in same_device["msg"]
+    every_gpu = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "all"}])
+    assert every_gpu.failed and "serves every GPU" in every_gpu["msg"]
+    same_name = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "a", "devices": [1]}])
+    assert same_name.failed and "same pipe directory" in same_name["msg"]
+
+
+def test_unknown_default_is_refused(sim, run, tmp_path):
+    sim.create("h100-80gb:1")
+    result = plan(run, tmp_path, defaults=dict(ROLE_DEFAULTS, devices=[0]))
+    assert result.failed and "defaults: unknown option(s) devices" in result["msg"]
