@@ -2,11 +2,15 @@
 # Copyright (c) gpuops.nvidia contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The MIG engine: read, plan, execute with rollback. Plain Python: no Ansible imports.
+"""The MIG engine: desired state, read, plan, execute with rollback. Plain Python: no Ansible imports.
 
-    with HostLock(path, timeout):
+    desired = validate_desired(params)          # MIG_SPEC, the selector and the cross-option rules
+    with HostLock(desired["lock_file"], desired["lock_timeout"]):
         with NvmlSession() as session:
-            result = apply(session, [Target(gpu, "enabled", {"3g.40gb": 2})], Options(check_mode=False))
+            result = apply(session, desired_targets(session, desired), Options.from_desired(desired))
+
+The nvidia_mig module and the mig role's boot helper (gpuops-mig-apply) both run exactly this: the module on
+its parameters, the helper on the JSON the role wrote (the role's variables under the module's option names).
 
 Everything is validated and planned for every GPU before the first NVML write. Each GPU is changed
 atomically: if an NVML call fails, the GPUs whose plan was under way are restored to the snapshot taken
@@ -24,11 +28,20 @@ import fcntl
 import os
 import time
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
+    SELECTOR_SPEC,
+    GpuopsError,
+    argument_spec,
+    check_options,
+    check_selector,
+    invalid,
+)
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError
 from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import (
     gpu_instance_profiles,
     mig_instances,
 )
+from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config as mig_config
 from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_plan as planner
 
 DEFAULT_LOCK_FILE = "/run/gpuops-nvidia/mig.lock"
@@ -38,16 +51,102 @@ STATUS_RESET_REQUIRED = 16
 STATUS_IN_USE = 19
 CLIENTS_TO_STOP = ("nvidia-dcgm / dcgm-exporter", "nvsm", "nvidia-persistenced", "other GPU exporters and "
                    "monitoring agents", "kubelet and the NVIDIA device plugin")
+MODES = ("enabled", "disabled")
+RESETS = ("if_needed", "never")
+
+# The desired state of MIG: the nvidia_mig module's options, and the keys of the mig role's mig.json.
+MIG_SPEC = argument_spec(SELECTOR_SPEC, {
+    "mode": {"type": "str", "choices": list(MODES)},
+    "layout": {"type": "dict"},
+    "config_file": {"type": "path"},
+    "config_name": {"type": "str"},
+    "reset": {"type": "str", "choices": list(RESETS), "default": "if_needed"},
+    "allow_busy_kept_instances": {"type": "bool", "default": False},
+    "lock_file": {"type": "path"},
+    "lock_timeout": {"type": "int", "default": 300},
+})
+
+# Not an option: the mig-parted document of `config_file`, already parsed, for front ends on nodes without
+# PyYAML. The mig role embeds it in mig.json; validate_desired() then validates it instead of reading the file,
+# and keeps it (as read from the file when it was not given) for desired_targets().
+CONFIG_DOCUMENT = "_mig_parted_config"
 
 
-class MigError(Exception):
-    """A failure of the MIG engine; `kind` is stable, `result` carries what is known (plans, rollback)."""
+class MigError(GpuopsError):
+    """A failure of the MIG engine; `kind` is stable, `result` (the details) carries what is known (plans,
+    rollback, what changed)."""
 
-    def __init__(self, message, kind="mig", result=None):
-        super(MigError, self).__init__(message)
-        self.message = message
-        self.kind = kind
-        self.result = result or {}
+    def __init__(self, message, kind="mig", result=None, nvml_code=None):
+        details = dict(result or {})
+        details.pop("diff", None)  # the slice maps are in gpus[].slice_map; a failure returns no diff
+        super(MigError, self).__init__(message, kind=kind, nvml_code=nvml_code, details=details)
+
+    @property
+    def result(self):
+        return self.details
+
+
+def check_mode_and_layout(mode, layout, where=None):
+    """A layout needs MIG enabled; raises MigError (invalid_layout) for mode disabled with a layout."""
+    if mode == "disabled" and layout:
+        raise MigError("%sa layout was given with mode disabled; MIG devices need MIG enabled (use mode "
+                       "enabled, or an empty layout)" % ("%s: " % where if where else ""), kind="invalid_layout")
+
+
+def validate_desired(params):
+    """The desired MIG state, checked without NVML; returns the normalized dict (every MIG_SPEC option).
+
+    Applies MIG_SPEC (types, choices, defaults, unknown options), the device selector, and the rules between
+    options: layout and config_file exclude each other, and so do mode and config_file; one of mode, layout
+    and config_file is needed; config_name needs config_file; layout counts are positive whole numbers; a
+    layout needs mode enabled. With config_file, the mig-parted document (CONFIG_DOCUMENT when the caller
+    embedded it, else the file, read with PyYAML) is validated and config_name checked against it. Raises
+    GpuopsError: invalid_argument, invalid_selection, invalid_layout, invalid_config or pyyaml_missing.
+    """
+    params = dict(params or {})
+    document = params.get(CONFIG_DOCUMENT)
+    desired = check_selector(check_options(MIG_SPEC, params))
+    given = [name for name in ("mode", "layout", "config_file") if desired[name] is not None]
+    problems = []
+    if not given:
+        problems.append("one of mode, layout or config_file is required")
+    for other in ("layout", "mode"):
+        if desired[other] is not None and desired["config_file"] is not None:
+            problems.append("%s and config_file are mutually exclusive (the entries of a mig-parted config give "
+                            "the %s)" % (other, "MIG devices" if other == "layout" else "MIG mode"))
+    if desired["config_name"] is not None and desired["config_file"] is None:
+        problems.append("config_name requires config_file")
+    if document is not None and desired["config_file"] is None:
+        problems.append("%s (a parsed mig-parted config) requires config_file" % CONFIG_DOCUMENT)
+    if desired["lock_timeout"] < 0:
+        problems.append("lock_timeout must not be negative, got %d" % desired["lock_timeout"])
+    if problems:
+        raise invalid("; ".join(problems))
+    if desired["layout"] is not None:
+        desired["layout"] = dict((str(key), planner.layout_count(key, count))
+                                 for key, count in desired["layout"].items())
+    check_mode_and_layout(desired["mode"], desired["layout"])
+    if desired["config_file"] is not None:
+        source = desired["config_file"]
+        if document is None:
+            document = mig_config.read(source)
+        mig_config.select_config(mig_config.validate(document, source), desired["config_name"], source)
+        desired[CONFIG_DOCUMENT] = document
+    return desired
+
+
+def desired_targets(session, desired):
+    """The engine Targets for a validate_desired() dict: the selected GPUs with the layout, or with the
+    entry of the mig-parted config that selects each (GPUs no entry selects are left out)."""
+    gpus = session.select(desired["devices"], desired["device_filter"])
+    if desired["config_file"] is None:
+        return [Target(gpu, desired["mode"] or "enabled", desired["layout"]) for gpu in gpus]
+    source, name = desired["config_file"], desired["config_name"]
+    document = desired.get(CONFIG_DOCUMENT)
+    configs = mig_config.load(source) if document is None else mig_config.validate(document, source)
+    entries = mig_config.select_config(configs, name, source)
+    return [Target(gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"], source=name)
+            for gpu, entry in mig_config.targets_for(entries, gpus, name or "config")]
 
 
 class Target:
@@ -68,6 +167,14 @@ class Options:
         self.allow_busy_kept_instances = allow_busy_kept_instances
         self.run_command = run_command
         self.nvidia_smi = nvidia_smi
+
+    @classmethod
+    def from_desired(cls, desired, check_mode=False, run_command=None, nvidia_smi=None):
+        """The run options of a validate_desired() dict; `run_command(argv) -> (rc, out, err)` and the path of
+        nvidia-smi come from the front end (needed for Ampere GPU resets)."""
+        return cls(check_mode=check_mode, reset=desired["reset"],
+                   allow_busy_kept_instances=desired["allow_busy_kept_instances"], run_command=run_command,
+                   nvidia_smi=nvidia_smi)
 
 
 # -- host lock -----------------------------------------------------------------------------------------
@@ -275,9 +382,7 @@ def plan_work(session, target, options):
     where = gpu.describe()
     mode = read_mode(session, gpu)
     want = 1 if target.mode == "enabled" else 0
-    if target.mode == "disabled" and target.layout:
-        raise MigError("%s: a layout was given with mode disabled; MIG devices need MIG enabled (use mode "
-                       "enabled, or an empty layout)" % where, kind="invalid_layout")
+    check_mode_and_layout(target.mode, target.layout, where)
     if mode is None:
         work.state = {"mode": None, "instances": []}
         work.catalog = planner.Catalog([])
@@ -365,99 +470,34 @@ def _layout_text(layout):
 
 # -- execution -------------------------------------------------------------------------------------------
 
-class _Executor:
-    def __init__(self, session, work):
+class MigWriter:
+    """The MIG writes on one GPU, each written once: the executor and the rollback both go through these.
+
+    Every method raises NvmlError naming what it attempted on the GPU.
+    """
+
+    def __init__(self, session, gpu):
         self.session = session
-        self.work = work
-        self.gpu = work.gpu
-        self.gi_handles = {}
-        self.ci_taken = {}
-        self.done = []
+        self.gpu = gpu
 
     def call(self, name, *args, **kwargs):
         kwargs.setdefault("gpu", self.gpu)
         return self.session.call(name, *args, **kwargs)
 
-    def gi_handle(self, start):
-        if start not in self.gi_handles:
-            for gi in self.work.state["instances"]:
-                if gi["placement"]["start"] == start:
-                    self.gi_handles[start] = self.call("nvmlDeviceGetGpuInstanceById", self.gpu.handle, gi["id"],
-                                                       what="open GPU instance %d" % gi["id"])
-                    self.ci_taken[start] = [(ci["placement"]["start"], ci["placement"]["size"])
-                                            for ci in gi["compute_instances"]]
-                    break
-            else:
-                raise NvmlError("no GPU instance at memory slice %d on %s" % (start, self.gpu.describe()),
-                                kind="not_found")
-        return self.gi_handles[start]
+    def gpu_instance(self, gi_id):
+        """The handle of GPU instance `gi_id`."""
+        return self.call("nvmlDeviceGetGpuInstanceById", self.gpu.handle, gi_id, what="open GPU instance %d" % gi_id)
 
-    def run(self, step):
-        action = step["action"]
+    def compute_profile_id(self, gi, slices, profile):
+        """The id of the shared compute-instance profile of `slices` compute slices in GPU instance `gi`."""
         nvml = self.session.pynvml
-        gpu = self.gpu
-        if action == "destroy_compute_instance":
-            gi = self.gi_handle(self._gi_start(step["gpu_instance_id"]))
-            ci = self.call("nvmlGpuInstanceGetComputeInstanceById", gi, step["compute_instance_id"],
-                           what="open compute instance %d/%d" % (step["gpu_instance_id"], step["compute_instance_id"]))
-            self.call("nvmlComputeInstanceDestroy", ci, what="destroy compute instance %s (GI %d, CI %d)"
-                      % (step["profile"], step["gpu_instance_id"], step["compute_instance_id"]))
-            start = self._gi_start(step["gpu_instance_id"])
-            taken = self.ci_taken.get(start, [])
-            placement = (step["placement"]["start"], step["placement"]["size"])
-            if placement in taken:
-                taken.remove(placement)
-        elif action == "destroy_gpu_instance":
-            start = step["placement"]["start"]
-            gi = self.gi_handle(start)
-            self.call("nvmlGpuInstanceDestroy", gi, what="destroy GPU instance %s (GI %d)"
-                      % (step["profile"], step["gpu_instance_id"]))
-            del self.gi_handles[start]
-        elif action == "set_mig_mode":
-            self.set_mode(1 if step["mode"] == "enabled" else 0)
-        elif action == "create_gpu_instance":
-            placement = nvml.c_nvmlGpuInstancePlacement_t()
-            placement.start = step["placement"]["start"]
-            placement.size = step["placement"]["size"]
-            handle = self.call("nvmlDeviceCreateGpuInstanceWithPlacement", gpu.handle, step["profile_id"],
-                               ctypes.byref(placement), what="create GPU instance %s at memory slices %s"
-                               % (step["profile"], _slices(step["placement"])))
-            self.gi_handles[step["placement"]["start"]] = handle
-            self.ci_taken[step["placement"]["start"]] = []
-        elif action == "create_compute_instance":
-            start = step["gpu_instance_start"]
-            gi = self.gi_handle(start)
-            info = self.call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi,
-                             planner.CI_PROFILE_INDEX[step["slices"]], nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                             what="read compute-instance profile %s" % step["profile"])
-            possible = self._ci_placements(gi, info.id)
-            taken = self.ci_taken.setdefault(start, [])
-            planned = step["placement"]["start"]
-            candidates = [planned] if planned in possible else []
-            candidates += [s for s in possible if s != planned]
-            chosen = None
-            for candidate in candidates:
-                if not planner._overlaps(candidate, step["slices"], taken):
-                    chosen = candidate
-                    break
-            if chosen is None:
-                raise NvmlError("no free placement for compute instance %s in the GI at memory slice %d of %s"
-                                % (step["profile"], start, gpu.describe()), kind="insufficient_resources")
-            placement = nvml.c_nvmlComputeInstancePlacement_t()
-            placement.start = chosen
-            placement.size = step["slices"]
-            self.call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi, info.id, ctypes.byref(placement),
-                      what="create compute instance %s" % step["profile"])
-            taken.append((chosen, step["slices"]))
-        self.done.append(step)
+        info = self.call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, planner.CI_PROFILE_INDEX[slices],
+                         nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                         what="read compute-instance profile %s" % profile)
+        return info.id
 
-    def _gi_start(self, gi_id):
-        for gi in self.work.state["instances"]:
-            if gi["id"] == gi_id:
-                return gi["placement"]["start"]
-        raise NvmlError("GPU instance %d is not on %s" % (gi_id, self.gpu.describe()), kind="not_found")
-
-    def _ci_placements(self, gi, profile_id):
+    def compute_placements(self, gi, profile_id):
+        """The starts NVML offers for a compute instance of `profile_id` in GPU instance `gi`."""
         nvml = self.session.pynvml
         count = ctypes.c_uint(0)
         self.call("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gi, profile_id, None, ctypes.byref(count),
@@ -467,7 +507,34 @@ class _Executor:
                   ctypes.byref(count), what="list compute-instance placements")
         return [entries[i].start for i in range(count.value)]
 
+    def create_gpu_instance(self, profile, profile_id, placement):
+        """Create a GPU instance of `profile` at `placement` ({start, size}); returns its handle."""
+        struct = self.session.pynvml.c_nvmlGpuInstancePlacement_t()
+        struct.start, struct.size = placement["start"], placement["size"]
+        return self.call("nvmlDeviceCreateGpuInstanceWithPlacement", self.gpu.handle, profile_id,
+                         ctypes.byref(struct), what="create GPU instance %s at memory slices %s"
+                         % (profile, _slices(placement)))
+
+    def destroy_gpu_instance(self, gi, gi_id, profile):
+        """Destroy GPU instance `gi` (id `gi_id`); its compute instances must be gone."""
+        self.call("nvmlGpuInstanceDestroy", gi, what="destroy GPU instance %s (GI %d)" % (profile, gi_id))
+
+    def create_compute_instance(self, gi, profile, profile_id, placement):
+        """Create a compute instance of `profile` at `placement` ({start, size}) in GPU instance `gi`."""
+        struct = self.session.pynvml.c_nvmlComputeInstancePlacement_t()
+        struct.start, struct.size = placement["start"], placement["size"]
+        self.call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi, profile_id, ctypes.byref(struct),
+                  what="create compute instance %s at compute slice(s) %s" % (profile, _slices(placement)))
+
+    def destroy_compute_instance(self, gi, gi_id, ci_id, profile):
+        """Destroy compute instance `ci_id` of GPU instance `gi` (id `gi_id`)."""
+        ci = self.call("nvmlGpuInstanceGetComputeInstanceById", gi, ci_id,
+                       what="open compute instance %d/%d" % (gi_id, ci_id))
+        self.call("nvmlComputeInstanceDestroy", ci, what="destroy compute instance %s (GI %d, CI %d)"
+                  % (profile, gi_id, ci_id))
+
     def set_mode(self, mode):
+        """Set the MIG mode (1/0); returns the activation status (success, or reset required on Ampere)."""
         gpu = self.gpu
         try:
             status = self.call("nvmlDeviceSetMigMode", gpu.handle, mode,
@@ -487,6 +554,80 @@ class _Executor:
                         kind="nvml", nvml_code=status)
 
 
+class _Executor:
+    """Runs one GPU's planned steps through its MigWriter, keeping the handles and the CI slices in use."""
+
+    def __init__(self, session, work):
+        self.work = work
+        self.gpu = work.gpu
+        self.writer = MigWriter(session, work.gpu)
+        self.gi_handles = {}
+        self.ci_taken = {}
+        self.done = []
+
+    def gi_handle(self, start):
+        if start not in self.gi_handles:
+            for gi in self.work.state["instances"]:
+                if gi["placement"]["start"] == start:
+                    self.gi_handles[start] = self.writer.gpu_instance(gi["id"])
+                    self.ci_taken[start] = [(ci["placement"]["start"], ci["placement"]["size"])
+                                            for ci in gi["compute_instances"]]
+                    break
+            else:
+                raise NvmlError("no GPU instance at memory slice %d on %s" % (start, self.gpu.describe()),
+                                kind="not_found")
+        return self.gi_handles[start]
+
+    def run(self, step):
+        action = step["action"]
+        writer = self.writer
+        if action == "destroy_compute_instance":
+            start = self._gi_start(step["gpu_instance_id"])
+            writer.destroy_compute_instance(self.gi_handle(start), step["gpu_instance_id"],
+                                            step["compute_instance_id"], step["profile"])
+            taken = self.ci_taken.get(start, [])
+            placement = (step["placement"]["start"], step["placement"]["size"])
+            if placement in taken:
+                taken.remove(placement)
+        elif action == "destroy_gpu_instance":
+            start = step["placement"]["start"]
+            writer.destroy_gpu_instance(self.gi_handle(start), step["gpu_instance_id"], step["profile"])
+            del self.gi_handles[start]
+        elif action == "set_mig_mode":
+            writer.set_mode(1 if step["mode"] == "enabled" else 0)
+        elif action == "create_gpu_instance":
+            start = step["placement"]["start"]
+            self.gi_handles[start] = writer.create_gpu_instance(step["profile"], step["profile_id"],
+                                                                step["placement"])
+            self.ci_taken[start] = []
+        elif action == "create_compute_instance":
+            start = step["gpu_instance_start"]
+            gi = self.gi_handle(start)
+            profile_id = writer.compute_profile_id(gi, step["slices"], step["profile"])
+            possible = writer.compute_placements(gi, profile_id)
+            taken = self.ci_taken.setdefault(start, [])
+            planned = step["placement"]["start"]
+            candidates = [planned] if planned in possible else []
+            candidates += [s for s in possible if s != planned]
+            chosen = None
+            for candidate in candidates:
+                if not planner._overlaps(candidate, step["slices"], taken):
+                    chosen = candidate
+                    break
+            if chosen is None:
+                raise NvmlError("no free placement for compute instance %s in the GI at memory slice %d of %s"
+                                % (step["profile"], start, self.gpu.describe()), kind="insufficient_resources")
+            writer.create_compute_instance(gi, step["profile"], profile_id, _placement(chosen, step["slices"]))
+            taken.append((chosen, step["slices"]))
+        self.done.append(step)
+
+    def _gi_start(self, gi_id):
+        for gi in self.work.state["instances"]:
+            if gi["id"] == gi_id:
+                return gi["placement"]["start"]
+        raise NvmlError("GPU instance %d is not on %s" % (gi_id, self.gpu.describe()), kind="not_found")
+
+
 def _instance_key(gi):
     return (gi["profile_id"], gi["placement"]["start"], gi["placement"]["size"])
 
@@ -504,19 +645,19 @@ def layout_signature(state):
 def restore(session, work):
     """Bring a GPU back to work.state (the snapshot); returns {restored, problems, steps}."""
     gpu, before = work.gpu, work.state
+    writer = MigWriter(session, gpu)
     problems = []
     steps = []
 
     def attempt(description, function, *args):
         try:
-            function(*args)
+            result = function(*args)
             steps.append(description)
-            return True
+            return True, result
         except NvmlError as exc:
             problems.append("%s: %s" % (description, exc.message))
-            return False
+            return False, None
 
-    executor = _Executor(session, work)
     try:
         now = snapshot(session, gpu, work.catalog)
     except NvmlError as exc:
@@ -525,19 +666,18 @@ def restore(session, work):
     for gi in now["instances"]:
         keep = wanted.get(_instance_key(gi))
         keep_cis = set(_ci_key(ci) for ci in keep["compute_instances"]) if keep else set()
-        handle = session.call("nvmlDeviceGetGpuInstanceById", gpu.handle, gi["id"], what="open a GPU instance",
-                              gpu=gpu) if (keep is None or gi["compute_instances"]) else None
+        handle = writer.gpu_instance(gi["id"]) if (keep is None or gi["compute_instances"]) else None
         for ci in gi["compute_instances"]:
             if _ci_key(ci) not in keep_cis:
                 attempt("destroy compute instance %s (GI %d, CI %d)" % (ci["profile"], gi["id"], ci["id"]),
-                        _destroy_ci, session, gpu, handle, ci["id"])
+                        writer.destroy_compute_instance, handle, gi["id"], ci["id"], ci["profile"])
         if keep is None:
             attempt("destroy GPU instance %s (GI %d)" % (gi["profile"], gi["id"]),
-                    lambda h=handle: session.call("nvmlGpuInstanceDestroy", h, what="destroy a GPU instance", gpu=gpu))
+                    writer.destroy_gpu_instance, handle, gi["id"], gi["profile"])
     current = read_mode(session, gpu)
     if current != before["mode"]:
         target = before["mode"][0] if current[0] != before["mode"][0] else before["mode"][1]
-        attempt("set MIG mode back to %s" % _mode_text(target), executor.set_mode, target)
+        attempt("set MIG mode back to %s" % _mode_text(target), writer.set_mode, target)
         current = read_mode(session, gpu)
         if current[0] != before["mode"][0]:
             problems.append("MIG mode is %s (pending %s), was %s: changing it back needs a GPU reset or reboot"
@@ -549,27 +689,20 @@ def restore(session, work):
             have = existing.get(_instance_key(gi))
             have_cis = set(_ci_key(ci) for ci in have["compute_instances"]) if have else set()
             if have is None:
-                placement = session.pynvml.c_nvmlGpuInstancePlacement_t()
-                placement.start, placement.size = gi["placement"]["start"], gi["placement"]["size"]
-                try:
-                    handle = session.call("nvmlDeviceCreateGpuInstanceWithPlacement", gpu.handle, gi["profile_id"],
-                                          ctypes.byref(placement), what="recreate GPU instance %s" % gi["profile"],
-                                          gpu=gpu)
-                    steps.append("recreate GPU instance %s at memory slices %s" % (gi["profile"],
-                                                                                   _slices(gi["placement"])))
-                except NvmlError as exc:
-                    problems.append("recreate GPU instance %s at memory slices %s: %s"
-                                    % (gi["profile"], _slices(gi["placement"]), exc.message))
+                created, handle = attempt("recreate GPU instance %s at memory slices %s"
+                                          % (gi["profile"], _slices(gi["placement"])),
+                                          writer.create_gpu_instance, gi["profile"], gi["profile_id"],
+                                          gi["placement"])
+                if not created:
                     continue
             else:
-                handle = session.call("nvmlDeviceGetGpuInstanceById", gpu.handle, have["id"],
-                                      what="open a GPU instance", gpu=gpu)
+                handle = writer.gpu_instance(have["id"])
             for ci in gi["compute_instances"]:
                 if _ci_key(ci) in have_cis:
                     continue
                 attempt("recreate compute instance %s at compute slice(s) %s" % (ci["profile"],
                                                                                  _slices(ci["placement"])),
-                        _create_ci, session, gpu, handle, ci)
+                        _recreate_ci, writer, handle, ci)
     after = snapshot(session, gpu, work.catalog)
     restored = layout_signature(after) == layout_signature(before)
     if not restored and not problems:
@@ -578,21 +711,9 @@ def restore(session, work):
             "instances": after["instances"]}
 
 
-def _destroy_ci(session, gpu, gi_handle, ci_id):
-    ci = session.call("nvmlGpuInstanceGetComputeInstanceById", gi_handle, ci_id, what="open a compute instance",
-                      gpu=gpu)
-    session.call("nvmlComputeInstanceDestroy", ci, what="destroy a compute instance", gpu=gpu)
-
-
-def _create_ci(session, gpu, gi_handle, ci):
-    nvml = session.pynvml
-    info = session.call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi_handle, planner.CI_PROFILE_INDEX[ci["slices"]],
-                        nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, what="read a compute-instance profile",
-                        gpu=gpu)
-    placement = nvml.c_nvmlComputeInstancePlacement_t()
-    placement.start, placement.size = ci["placement"]["start"], ci["placement"]["size"]
-    session.call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi_handle, info.id, ctypes.byref(placement),
-                 what="recreate compute instance %s" % ci["profile"], gpu=gpu)
+def _recreate_ci(writer, gi, ci):
+    writer.create_compute_instance(gi, ci["profile"], writer.compute_profile_id(gi, ci["slices"], ci["profile"]),
+                                   ci["placement"])
 
 
 # -- the whole run ---------------------------------------------------------------------------------------
@@ -724,7 +845,7 @@ def apply(session, targets, options):
         summary = _summary(results)
         summary["rollback"] = rollbacks
         summary["failed_gpu"] = running.gpu.index if running is not None else None
-        raise MigError(". ".join(lines), kind=exc.kind, result=summary)
+        raise MigError(". ".join(lines), kind=exc.kind, result=summary, nvml_code=exc.nvml_code)
 
     results = []
     for work in works:

@@ -21,6 +21,8 @@ __metaclass__ = type
 
 import traceback
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+
 try:
     import yaml
 except ImportError:
@@ -33,35 +35,46 @@ TOP_KEYS = ("version", "mig-configs")
 ENTRY_KEYS = ("device-filter", "devices", "mig-enabled", "mig-devices")
 
 
-class ConfigError(Exception):
-    def __init__(self, message):
-        super(ConfigError, self).__init__(message)
-        self.message = message
+class ConfigError(GpuopsError):
+    """A mig-parted config that cannot be read or is not valid: error_kind `invalid_config` (or `pyyaml_missing`)."""
+
+    def __init__(self, message, kind="invalid_config", details=None):
+        super(ConfigError, self).__init__(message, kind=kind, details=details)
 
 
 def _int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse(text, source="config file"):
-    """Parse and validate a mig-parted v1 document; returns {name: [entry, ...]}."""
+def parse_document(text, source="config file"):
+    """The YAML document of a mig-parted config, not yet validated (validate() does that)."""
     if yaml is None:
         raise ConfigError("reading %s needs PyYAML on the managed node (python3-yaml); it is not installed"
-                          % source)
+                          % source, kind="pyyaml_missing", details={"exception": YAML_IMPORT_ERROR})
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("%s is not valid YAML: %s" % (source, exc))
-    return validate(data, source)
 
 
-def load(path):
+def parse(text, source="config file"):
+    """Parse and validate a mig-parted v1 document; returns {name: [entry, ...]}."""
+    return validate(parse_document(text, source), source)
+
+
+def read(path):
+    """The YAML document of the mig-parted config file `path`, not yet validated."""
     try:
         with open(path) as handle:
             text = handle.read()
     except (IOError, OSError) as exc:
         raise ConfigError("cannot read mig-parted config %s: %s" % (path, exc))
-    return parse(text, path)
+    return parse_document(text, path)
+
+
+def load(path):
+    """Read and validate the mig-parted config file `path`; returns {name: [entry, ...]}."""
+    return validate(read(path), path)
 
 
 def validate(data, source="config file"):

@@ -22,6 +22,8 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+
 # Compute-instance sizes (compute slices) a GPU instance of N compute slices offers, and the
 # NVML_COMPUTE_INSTANCE_PROFILE_* index of each size.
 CI_SIZES_FOR_GI = {1: (1,), 2: (1, 2), 3: (1, 2, 3), 4: (1, 2, 4), 6: (1, 2, 3, 6), 7: (1, 2, 3, 4, 7),
@@ -31,13 +33,11 @@ CI_PROFILE_INDEX = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
 _KEY = re.compile(r"^(?:([0-9]+)c\.)?([0-9]+g\..+)$")
 
 
-class LayoutError(Exception):
+class LayoutError(GpuopsError):
     """A layout that is invalid or cannot fit a GPU; the message says why."""
 
     def __init__(self, message, kind="invalid_layout"):
-        super(LayoutError, self).__init__(message)
-        self.message = message
-        self.kind = kind
+        super(LayoutError, self).__init__(message, kind=kind)
 
 
 def placement_text(start, size):
@@ -125,7 +125,8 @@ def place_cis(gi_slices, sizes, taken=(), starts=None):
     return place_items(items, lambda i: starts(gi_slices, items[i][1]), taken)
 
 
-def _positive_count(key, count):
+def layout_count(key, count):
+    """A layout count as an int; LayoutError unless it is a positive whole number (0: omit the profile)."""
     if isinstance(count, bool) or not isinstance(count, int):
         try:
             if isinstance(count, bool) or float(count) != int(count):
@@ -146,7 +147,7 @@ def expand_layout(catalog, layout, where="this GPU"):
     plain = []
     qualified = {}
     for key in sorted(layout, key=str):
-        count = _positive_count(key, layout[key])
+        count = layout_count(key, layout[key])
         match = _KEY.match(str(key).strip())
         gi_name = match.group(2) if match else None
         if gi_name not in catalog.profiles:

@@ -48,7 +48,9 @@ options:
     description:
       - The MIG mode the selected GPUs should have.
       - Defaults to V(enabled) when O(layout) is given.
-      - With V(disabled), every GPU and compute instance on the GPU is destroyed first.
+      - With V(disabled), every GPU and compute instance on the GPU is destroyed first; a non-empty O(layout)
+        with V(disabled) is refused.
+      - One of O(mode), O(layout) and O(config_file) is required.
     type: str
     choices: [enabled, disabled]
   layout:
@@ -60,6 +62,7 @@ options:
       - 'A compute-instance-qualified profile such as C(1c.3g.40gb) asks for compute instances packed into
         shared GPU instances of that profile; C({"1c.3g.40gb": 3}) is one C(3g.40gb) GI holding three
         one-slice CIs. A plain C(3g.40gb) is a GI with one CI spanning it.'
+      - Counts are positive whole numbers; leave a profile out to have none of it.
       - The layout is exact; instances not in it are destroyed. V({}) (or omitting it) sets the mode only and
         leaves instances alone.
     type: dict
@@ -69,10 +72,13 @@ options:
         mig-parted reads it. Apply the config named O(config_name) to the GPUs each of its entries selects
         (by C(devices) and C(device-filter)), within O(devices) and O(device_filter).
       - Mutually exclusive with O(layout) and O(mode).
+      - The file is read and validated, and O(config_name) checked against it, before any GPU is read. A file
+        that cannot be read or is not valid fails with RV(error_kind) V(invalid_config).
     type: path
   config_name:
     description:
-      - The config of O(config_file) to apply. May be omitted when the file has only one.
+      - The config of O(config_file) to apply. May be omitted when the file has only one. Requires
+        O(config_file).
     type: str
   reset:
     description:
@@ -96,7 +102,7 @@ options:
     type: path
   lock_timeout:
     description:
-      - Seconds to wait for the host lock before failing.
+      - Seconds to wait for the host lock before failing (V(0) tries once).
     type: int
     default: 300
 notes:
@@ -156,11 +162,21 @@ EXAMPLES = r"""
 RETURN = r"""
 error_kind:
   description:
-    - On failure, a stable keyword for the cause, for example V(busy), V(invalid_layout), V(unknown_profile), V(does_not_fit), V(lock_timeout).
+    - On failure, a stable keyword for the cause, for example V(busy), V(invalid_argument), V(invalid_layout),
+      V(unknown_profile), V(does_not_fit), V(invalid_config) (a O(config_file) that cannot be read or is not a
+      valid mig-parted v1 config), V(invalid_selection), V(lock_timeout), V(pynvml_missing), V(no_permission).
     - Every module of this collection reports failures under this key.
   returned: failure
   type: str
   sample: busy
+nvml_code:
+  description:
+    - On failure, the C(nvmlReturn_t) code (or MIG activation status) NVML answered with, when the failure
+      came from NVML; absent when NVML was not asked or did not answer (invalid options, busy GPU, lock).
+    - Every module of this collection reports it under this key.
+  returned: failure, when NVML answered
+  type: int
+  sample: 19
 gpus:
   description: One entry per GPU the run selected.
   returned: always
@@ -248,83 +264,34 @@ rollback:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import (
-    PYNVML_IMPORT_ERROR,
-    NvmlError,
-    NvmlSession,
-)
-from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config as mig_config
+from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import (
+    MIG_SPEC,
     HostLock,
-    MigError,
     Options,
-    Target,
     apply,
+    desired_targets,
+    validate_desired,
 )
-
-
-def _targets(module, session, configs):
-    params = module.params
-    gpus = session.select(params["devices"], params["device_filter"])
-    if configs is None:
-        mode = params["mode"] or "enabled"
-        return [Target(gpu, mode, params["layout"]) for gpu in gpus]
-    name = params["config_name"]
-    entries = mig_config.select_config(configs, name, params["config_file"])
-    return [Target(gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"],
-                   source=name) for gpu, entry in mig_config.targets_for(entries, gpus, name or "config")]
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            devices=dict(type="raw", default="all"),
-            device_filter=dict(type="list", elements="str"),
-            mode=dict(type="str", choices=["enabled", "disabled"]),
-            layout=dict(type="dict"),
-            config_file=dict(type="path"),
-            config_name=dict(type="str"),
-            reset=dict(type="str", choices=["if_needed", "never"], default="if_needed"),
-            allow_busy_kept_instances=dict(type="bool", default=False),
-            lock_file=dict(type="path"),
-            lock_timeout=dict(type="int", default=300),
-        ),
-        mutually_exclusive=[("layout", "config_file"), ("mode", "config_file")],
-        required_one_of=[("mode", "layout", "config_file")],
-        required_by={"config_name": "config_file"},
-        supports_check_mode=True,
-    )
-    if PYNVML_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR)
-    configs = None
-    if module.params["config_file"]:
-        if mig_config.YAML_IMPORT_ERROR:
-            module.fail_json(msg=missing_required_lib("PyYAML"), exception=mig_config.YAML_IMPORT_ERROR)
-    options = Options(check_mode=module.check_mode, reset=module.params["reset"],
-                      allow_busy_kept_instances=module.params["allow_busy_kept_instances"],
-                      run_command=module.run_command, nvidia_smi=module.get_bin_path("nvidia-smi"))
-    try:
-        if module.params["config_file"]:
-            configs = mig_config.load(module.params["config_file"])
-        with HostLock(module.params["lock_file"], module.params["lock_timeout"]):
+    module = new_module(MIG_SPEC)
+
+    def work():
+        desired = validate_desired(module.params)
+        options = Options.from_desired(desired, check_mode=module.check_mode, run_command=module.run_command,
+                                       nvidia_smi=module.get_bin_path("nvidia-smi"))
+        with HostLock(desired["lock_file"], desired["lock_timeout"]):
             with NvmlSession() as session:
-                targets = _targets(module, session, configs)
+                targets = desired_targets(session, desired)
                 result = apply(session, targets, options)
-    except mig_config.ConfigError as exc:
-        module.fail_json(msg=exc.message, changed=False)
-    except MigError as exc:
-        details = dict(exc.result)
-        details.pop("diff", None)
-        module.fail_json(msg=exc.message, error_kind=exc.kind, **details)
-    except NvmlError as exc:
-        module.fail_json(msg=exc.message, error_kind=exc.kind, changed=False)
-    if not targets:
-        module.warn("no GPU was selected (devices / device_filter / config entries select none)")
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+        if not targets:
+            result["warnings"] = ["no GPU was selected (devices / device_filter / config entries select none)"]
+        return result
+
+    finish(module, work)
 
 
 if __name__ == "__main__":

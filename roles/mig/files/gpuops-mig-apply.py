@@ -7,14 +7,17 @@
 
 Run at boot by gpuops-mig-apply.service (GPU and compute instances never survive a reboot, and on Hopper
 neither does the MIG mode). It imports the same engine as the nvidia_mig module, from the copy of the
-collection's module_utils under /usr/local/lib/gpuops-nvidia, takes the host-wide MIG lock, applies the
-layout, logs the plan and the resulting slice maps on stdout (the journal), then re-plans to verify that
-nothing is left to do.
+collection's module_utils under /usr/local/lib/gpuops-nvidia, and runs what the module runs:
+validate_desired() on the state file (the nvidia_mig options, as the role passed them to the module, plus the
+parsed mig-parted config under `_mig_parted_config` when a config file is used, so no PyYAML is needed),
+then the host-wide MIG lock, desired_targets() and apply(). It logs the plan and the resulting slice maps on
+stdout (the journal), then re-plans to verify that nothing is left to do.
 
     gpuops-mig-apply [--state /etc/gpuops/mig.json] [--lib /usr/local/lib/gpuops-nvidia] [--check]
 
 Exit status: 0 applied (or already in place), 1 the engine refused or failed (its message on stderr),
-2 usage or state file error, 3 a MIG mode change still waits for a GPU reset or reboot (layout not applied).
+2 usage, engine or state file error (including a state the engine's validate_desired() refuses), 3 a MIG mode
+change still waits for a GPU reset or reboot (layout not applied).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -57,35 +60,26 @@ def run_command(argv):
 
 
 def load_state(path):
+    """The desired state as the role wrote it (validate_desired() checks it)."""
     with open(path) as handle:
         state = json.load(handle)
-    if not isinstance(state, dict) or state.get("version") != 1:
-        raise ValueError("%s is not a gpuops mig state file (version 1)" % path)
+    if not isinstance(state, dict):
+        raise ValueError("%s is not a gpuops mig state file (a JSON object of nvidia_mig options)" % path)
     return state
 
 
-def build_targets(engine, session, state):
-    """The engine targets for the GPUs that the state selects (layout, or a mig-parted config)."""
-    gpus = session.select(state.get("devices", "all"), state.get("device_filter") or None)
-    config = state.get("config")
-    if config is None:
-        return [engine["Target"](gpu, state.get("mode", "enabled"), state.get("layout") or {}) for gpu in gpus]
-    mig_config = engine["mig_config"]
-    source = state.get("config_source") or "mig-parted config"
-    name = state.get("config_name")
-    entries = mig_config.select_config(mig_config.validate(config, source), name, source)
-    return [engine["Target"](gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"], source=name)
-            for gpu, entry in mig_config.targets_for(entries, gpus, name or "config")]
+class Engine:
+    """The collection's module_utils, imported from the copy under `lib`."""
 
-
-def import_engine(lib):
-    sys.path.insert(0, lib)
-    # pylint: disable=import-outside-toplevel
-    from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config as mig_config
-    from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError, NvmlSession
-    from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import HostLock, MigError, Options, Target, apply
-    return {"mig_config": mig_config, "NvmlError": NvmlError, "NvmlSession": NvmlSession, "HostLock": HostLock,
-            "MigError": MigError, "Options": Options, "Target": Target, "apply": apply}
+    def __init__(self, lib):
+        sys.path.insert(0, lib)
+        # pylint: disable=import-outside-toplevel
+        from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+        from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
+        from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig
+        self.failure = GpuopsError
+        self.session = NvmlSession
+        self.mig = _mig
 
 
 def report(result, check):
@@ -124,24 +118,30 @@ def main(argv=None):
         error("cannot read the desired MIG state: %s" % exc)
         return EXIT_USAGE
     try:
-        engine = import_engine(args.lib)
+        engine = Engine(args.lib)
     except ImportError as exc:
         error("cannot import the MIG engine from %s: %s (run the gpuops.nvidia mig role again)" % (args.lib, exc))
         return EXIT_USAGE
-
-    options = engine["Options"](check_mode=args.check, reset=state.get("reset", "if_needed"),
-                                allow_busy_kept_instances=bool(state.get("allow_busy_kept_instances")),
-                                run_command=run_command, nvidia_smi=shutil.which("nvidia-smi"))
-    log("desired state from %s: %s" % (args.state, describe_desired(state)))
+    mig = engine.mig
     try:
-        with engine["HostLock"](state.get("lock_file"), state.get("lock_timeout", 300)):
-            with engine["NvmlSession"]() as session:
-                targets = build_targets(engine, session, state)
+        desired = mig.validate_desired(state)
+    except engine.failure as exc:
+        error("invalid desired MIG state in %s: %s (kind %s); run the gpuops.nvidia mig role again"
+              % (args.state, exc.message, exc.kind))
+        return EXIT_USAGE
+
+    options = mig.Options.from_desired(desired, check_mode=args.check, run_command=run_command,
+                                       nvidia_smi=shutil.which("nvidia-smi"))
+    log("desired state from %s: %s" % (args.state, describe_desired(desired)))
+    try:
+        with mig.HostLock(desired["lock_file"], desired["lock_timeout"]):
+            with engine.session() as session:
+                targets = mig.desired_targets(session, desired)
                 if not targets:
                     log("no GPU matches devices=%s device_filter=%s: nothing to do"
-                        % (state.get("devices", "all"), state.get("device_filter")))
+                        % (desired["devices"], desired["device_filter"]))
                     return 0
-                result = engine["apply"](session, targets, options)
+                result = mig.apply(session, targets, options)
                 report(result, args.check)
                 pending = pending_text(result)
                 if pending:
@@ -150,37 +150,30 @@ def main(argv=None):
                 if args.check:
                     return 0
                 # Verify: a fresh plan must be empty, or the layout is not what was asked for.
-                verify_options = engine["Options"](check_mode=True, reset=options.reset,
-                                                   allow_busy_kept_instances=True)
-                verify = engine["apply"](session, build_targets(engine, session, state), verify_options)
+                verify_options = mig.Options(check_mode=True, reset=options.reset, allow_busy_kept_instances=True)
+                verify = mig.apply(session, mig.desired_targets(session, desired), verify_options)
                 if verify["plan"]:
                     error("the layout is not in place after the apply; still to do: %s"
                           % "; ".join(step["description"] for step in verify["plan"]))
                     return EXIT_FAILED
                 log("verified: %d GPU(s) match the desired layout (%s)"
                     % (len(result["gpus"]), "changed" if result["changed"] else "unchanged"))
-    except engine["mig_config"].ConfigError as exc:
-        error(exc.message)
-        return EXIT_FAILED
-    except engine["MigError"] as exc:
+    except engine.failure as exc:
         error("%s (kind %s)" % (exc.message, exc.kind))
-        for step in exc.result.get("plan", []):
+        for step in exc.details.get("plan", []):
             error("  planned: " + step["description"])
-        return EXIT_FAILED
-    except engine["NvmlError"] as exc:
-        error("%s (kind %s)" % (exc.message, exc.kind))
         return EXIT_FAILED
     return 0
 
 
-def describe_desired(state):
-    if state.get("config") is not None:
-        what = "config %s of %s" % (state.get("config_name") or "(the only one)", state.get("config_source"))
+def describe_desired(desired):
+    if desired["config_file"] is not None:
+        what = "config %s of %s" % (desired["config_name"] or "(the only one)", desired["config_file"])
     else:
-        what = "mode %s, layout %s" % (state.get("mode"), json.dumps(state.get("layout") or {}, sort_keys=True))
-    return "%s; devices %s, device_filter %s, reset %s" % (what, state.get("devices", "all"),
-                                                           state.get("device_filter") or "none",
-                                                           state.get("reset", "if_needed"))
+        what = "mode %s, layout %s" % (desired["mode"] or "enabled", json.dumps(desired["layout"] or {},
+                                                                                 sort_keys=True))
+    return "%s; devices %s, device_filter %s, reset %s" % (what, desired["devices"],
+                                                           desired["device_filter"] or "none", desired["reset"])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def script(monkeypatch, tmp_path):
 @pytest.fixture
 def desired(tmp_path):
     def write(**fields):
-        state = {"version": 1, "mode": "enabled", "layout": {}, "config": None, "devices": "all",
+        # What the mig role writes: its variables under the nvidia_mig option names.
+        state = {"mode": None, "layout": None, "config_file": None, "config_name": None, "devices": "all",
                  "device_filter": [], "reset": "if_needed", "allow_busy_kept_instances": False,
                  "lock_file": None, "lock_timeout": 5}
         state.update(fields)
@@ -71,13 +72,42 @@ def test_mig_parted_config(script, sim, desired, capsys):
         "mixed": [{"devices": [0], "mig-enabled": True, "mig-devices": {"7g.80gb": 1}},
                   {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}}],
         "off": [{"devices": "all", "mig-enabled": False}]}}
-    rc, out, err = run(script, capsys, "--state", desired(mode=None, config=config, config_name="mixed",
-                                                          config_source="/etc/gpuops/mig-parted.yaml"))
+    # the parsed config is embedded (the node needs no PyYAML); config_file is only its name there
+    rc, out, err = run(script, capsys, "--state", desired(config_file="/etc/gpuops/mig-parted.yaml",
+                                                          config_name="mixed", _mig_parted_config=config))
     assert rc == 0, err
+    assert "config mixed of /etc/gpuops/mig-parted.yaml" in out
     assert "create GPU instance 7g.80gb" in out and out.count("GPU 1: create GPU instance 1g.10gb") == 7
-    rc, out, err = run(script, capsys, "--state", desired(mode=None, config=config, config_name=None,
-                                                          config_source="f.yaml"))
-    assert rc == 1 and "several configs" in err
+    rc, out, err = run(script, capsys, "--state", desired(config_file="f.yaml", _mig_parted_config=config))
+    assert rc == 2 and "several configs" in err and "kind invalid_config" in err
+
+
+def test_mig_parted_config_file_without_embedded_copy(script, sim, desired, capsys, tmp_path):
+    sim.create("h100-80gb:1")
+    path = tmp_path / "mig-parted.yaml"
+    path.write_text("version: v1\nmig-configs:\n  one:\n    - devices: all\n      mig-enabled: true\n"
+                    "      mig-devices: {3g.40gb: 2}\n")
+    rc, out, err = run(script, capsys, "--state", desired(config_file=str(path)))
+    assert rc == 0, err
+    assert out.count("create GPU instance 3g.40gb") == 2 and "verified" in out
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"layout": {"3g.40gb": 1}, "config_file": "/x.yaml"}, "layout and config_file are mutually exclusive"),
+    ({"mode": "disabled", "layout": {"3g.40gb": 1}}, "MIG devices need MIG enabled"),
+    ({"layout": {"3g.40gb": 0}}, "positive integer"),
+    ({"layout": {"3g.40gb": 1}, "colour": "red"}, "unknown option(s) colour"),
+    ({"layout": {"3g.40gb": 1}, "device_filter": ["H100"]}, "0x233010DE"),
+    ({"config_name": "a", "mode": "enabled"}, "config_name requires config_file"),
+    ({"mode": "enabled", "_mig_parted_config": {"version": "v1"}}, "_mig_parted_config (a parsed mig-parted "
+                                                                    "config) requires config_file"),
+    ({"config_file": "/x.yaml", "_mig_parted_config": {"version": "v2", "mig-configs": {}}}, "only v1"),
+])
+def test_the_state_is_checked_by_the_modules_validator(script, sim, desired, capsys, fields, words):
+    sim.create("h100-80gb:1")
+    rc, out, err = run(script, capsys, "--state", desired(**fields))
+    assert rc == 2 and "invalid desired MIG state" in err and words in err, err
+    assert sim.writes() == []
 
 
 def test_does_not_fit_fails_visibly_without_change(script, sim, desired, capsys):
@@ -107,3 +137,6 @@ def test_missing_state_file(script, sim, capsys, tmp_path):
     sim.create("h100-80gb:1")
     rc, out, err = run(script, capsys, "--state", str(tmp_path / "absent.json"))
     assert rc == 2 and "cannot read the desired MIG state" in err
+    (tmp_path / "list.json").write_text("[]")
+    rc, out, err = run(script, capsys, "--state", str(tmp_path / "list.json"))
+    assert rc == 2 and "not a gpuops mig state file" in err

@@ -60,6 +60,36 @@ def test_every_field_for_each_model(sim, run, model):
         assert all(p["size"] >= profile["slices"] for p in profile["placements"])
 
 
+NVML_ERROR_NOT_SUPPORTED = 3
+
+
+@pytest.mark.usefixtures("mig_lock")
+@pytest.mark.parametrize("model, resetless", [("h100-80gb", True), ("h200-141gb", True), ("a100-40gb", False)])
+def test_resetless_facts_agree_with_the_mig_engine_without_the_field(sim, run, model, resetless):
+    """The driver does not answer NVML field 184 (resetless MIG): both fall back to the architecture.
+
+    The facts once read only the field (False here on Hopper) while the MIG engine fell back to the
+    architecture, so gpu_info said a reset was needed where nvidia_mig planned none.
+    """
+    from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mig
+
+    sim.create(model)
+    sim.fault("nvmlDeviceGetFieldValues", call=1, code=NVML_ERROR_NOT_SUPPORTED)
+    facts = run(nvidia_gpu_info, {"gather": ["min"]})
+    assert not facts.failed, facts
+    assert sim.state()["faults"][0]["seen"] == 1  # the field read failed
+    assert facts["gpus"][0]["mig"]["resetless_supported"] is resetless
+
+    with sim.edit() as data:  # a fresh fault for the engine's own read
+        data["faults"] = []
+    sim.fault("nvmlDeviceGetFieldValues", call=1, code=NVML_ERROR_NOT_SUPPORTED)
+    plan = run(nvidia_mig, {"mode": "enabled", "reset": "never"}, check_mode=True)
+    assert not plan.failed, plan
+    assert sim.state()["faults"][0]["seen"] == 1  # the engine asked, and was not answered
+    assert plan["reset_required"] is (not resetless)
+    assert [s["action"] for s in plan["plan"]] == ["set_mig_mode"]
+
+
 def test_h100_profile_table_matches_the_real_gpu(sim, run):
     sim.create("h100-80gb:1")
     profiles = {p["name"]: p for p in run(nvidia_gpu_info)["gpus"][0]["mig"]["profiles"]}

@@ -304,9 +304,8 @@ def test_activation_status_in_use_rolls_the_pending_mode_back(sim, run, nvidia_s
         work = _mig.GpuWork(gpu, _mig.Target(gpu, "enabled"))
         work.state = _mig.snapshot(session, gpu)
         work.catalog = planner.Catalog([])
-        executor = _mig._Executor(session, work)
         with pytest.raises(NvmlError) as info:
-            executor.set_mode(1)
+            _mig.MigWriter(session, gpu).set_mode(1)
         assert info.value.kind == "in_use" and "kubelet" in info.value.message
         assert sim.gpu(0)["mig_pending"] == 1
         outcome = _mig.restore(session, work)
@@ -409,12 +408,34 @@ def test_l4_disabled_is_fine(sim, run):
     assert result["gpus"][0]["before"]["mig_capable"] is False
 
 
-def test_option_combinations(sim, run):
+@pytest.mark.parametrize("args, words", [
+    ({}, "one of mode, layout or config_file is required"),
+    ({"layout": {"7g.80gb": 1}, "config_file": "/x.yaml"}, "layout and config_file are mutually exclusive"),
+    ({"mode": "enabled", "config_file": "/x.yaml"}, "mode and config_file are mutually exclusive"),
+    ({"config_name": "a", "mode": "enabled"}, "config_name requires config_file"),
+    ({"mode": "enabled", "lock_timeout": -1}, "lock_timeout must not be negative"),
+    ({"layout": {"7g.80gb": "many"}}, "must be a positive integer"),
+])
+def test_option_combinations(sim, run, args, words):
     sim.create("h100-80gb")
-    assert mig(run).failed
-    assert mig(run, layout={"7g.80gb": 1}, config_file="/x.yaml").failed
-    assert mig(run, config_name="a", mode="enabled").failed
+    result = mig(run, **args)
+    assert result.failed and words in result["msg"], result["msg"]
+    assert result["error_kind"] in ("invalid_argument", "invalid_layout")
     assert sim.writes() == []
+
+
+def test_validate_desired_normalizes_what_the_role_writes():
+    """The mig role's mig.json goes through the same validator as the module's parameters."""
+    from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import MIG_SPEC, validate_desired
+
+    desired = validate_desired({"layout": {"3g.40gb": "2", "1c.3g.40gb": 1.0}, "devices": "0,1",
+                                "device_filter": [], "lock_timeout": "30", "allow_busy_kept_instances": "yes"})
+    assert set(desired) == set(MIG_SPEC)
+    assert desired["layout"] == {"3g.40gb": 2, "1c.3g.40gb": 1}
+    assert desired["devices"] == ["0", "1"] and desired["device_filter"] is None
+    assert (desired["mode"], desired["reset"], desired["lock_timeout"]) == (None, "if_needed", 30)
+    assert desired["allow_busy_kept_instances"] is True
+    assert validate_desired(desired) == desired
 
 
 # -- config files ------------------------------------------------------------------------------------------
@@ -457,24 +478,41 @@ def test_config_file_equals_the_layout(sim, run, tmp_path, nvidia_smi):
     assert not result.failed and all(g["mig_current"] == 0 for g in sim.state()["gpus"])
 
 
-@pytest.mark.parametrize("text, name, words", [
-    (CONFIG, "nope", "it has: all-disabled, mixed"),
-    (CONFIG, None, "several configs"),
-    ("version: v2\nmig-configs: {}\n", "a", "unsupported version"),
-    ("mig-configs: {a: [{devices: all, mig-enabled: false}]}\n", "a", "version: v1` is missing"),
+@pytest.mark.parametrize("text, name, words, kind", [
+    (CONFIG, "nope", "it has: all-disabled, mixed", "invalid_config"),
+    (CONFIG, None, "several configs", "invalid_config"),
+    ("version: v2\nmig-configs: {}\n", "a", "unsupported version", "invalid_config"),
+    ("mig-configs: {a: [{devices: all, mig-enabled: false}]}\n", "a", "version: v1` is missing", "invalid_config"),
+    ("version: v1\nmig-configs: {a: [{devices: all, mig-enabled: maybe}]}\n", "a", "mig-enabled must be true or "
+     "false", "invalid_config"),
+    ("version: v1\nmig-configs: [\n", "a", "is not valid YAML", "invalid_config"),
+    (None, "a", "cannot read mig-parted config", "invalid_config"),
     ("version: v1\nmig-configs: {a: [{devices: all, mig-enabled: true, mig-devices: {9g.9gb: 1}}]}\n", "a",
-     "unknown MIG profile '9g.9gb'"),
+     "unknown MIG profile '9g.9gb'", "unknown_profile"),
 ])
-def test_config_file_errors_touch_nothing(sim, run, tmp_path, text, name, words):
+def test_config_file_errors_touch_nothing(sim, run, tmp_path, text, name, words, kind):
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    if text is not None:
+        path.write_text(text)
     sim.create("h100-80gb")
     args = {"config_file": str(path)}
     if name:
         args["config_name"] = name
     result = mig(run, **args)
     assert result.failed and words in result["msg"], result["msg"]
+    # every failure says what kind it is (the config-file path once failed without error_kind)
+    assert result["error_kind"] == kind and "nvml_code" not in result
     assert sim.writes() == []
+
+
+def test_config_file_errors_come_before_nvml(sim, run, tmp_path):
+    """The file and the config name are checked before any GPU is read, even when NVML would fail."""
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    sim.create("h100-80gb")
+    sim.fault("nvmlDeviceGetCount_v2", call=1, code=999)
+    result = mig(run, config_file=str(path), config_name="nope")
+    assert result["error_kind"] == "invalid_config" and "nope" in result["msg"]
 
 
 # -- host lock ---------------------------------------------------------------------------------------------
