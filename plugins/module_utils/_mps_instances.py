@@ -59,7 +59,7 @@ def plan(params, run, nvml_factory=NvmlSession):
     Raises GpuopsError (kind invalid_argument or invalid_selection) listing every problem found.
     """
     params = check_options(PLAN_SPEC, params)
-    problems = []
+    problems, kinds = [], set()
     defaults = dict((k, v) for k, v in (params["defaults"] or {}).items() if v is not None)
     unknown = sorted(set(defaults) - set(_DEFAULTABLE))
     if unknown:
@@ -72,6 +72,7 @@ def plan(params, run, nvml_factory=NvmlSession):
             checked = check_options(INSTANCE_SPEC, item, where=label)
         except GpuopsError as exc:
             problems.append(exc.message)
+            kinds.add(exc.kind)
             continue
         # Only what the item sets overrides the defaults (the spec's own defaults would mask them).
         settings = dict((k, checked[k]) for k, v in item.items() if v is not None and k != "name")
@@ -101,6 +102,7 @@ def plan(params, run, nvml_factory=NvmlSession):
             check_owner(config.get("user"), config.get("group"))
         except GpuopsError as exc:
             problems.append(exc.message if exc.message.startswith(where) else "%s: %s" % (where, exc.message))
+            kinds.add(exc.kind)
             continue
         pipe = config["pipe_directory"]
         if pipe in by_pipe:
@@ -118,8 +120,9 @@ def plan(params, run, nvml_factory=NvmlSession):
             by_device[device["uuid"]] = name
         planned.append((name, config, devices))
     if problems:
-        kinds = "invalid_selection" if all("no GPU" in p or "select" in p for p in problems) else "invalid_argument"
-        raise GpuopsError("; ".join(problems) + " (nothing was changed)", kind=kinds)
+        kinds.update(["invalid_argument"] if len(kinds) < len(problems) else [])
+        raise GpuopsError("; ".join(problems) + " (nothing was changed)",
+                          kind=kinds.pop() if len(kinds) == 1 else "invalid_argument")
 
     instances = []
     for name, config, devices in planned:

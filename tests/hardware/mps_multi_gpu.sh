@@ -82,6 +82,26 @@ for i in $(seq 0 $((COUNT - 1))); do
   mps $i stop-$i "state=stopped"
   check "GPU $i daemon stopped" "[ \"\$(field $OUT_DIR/stop-$i.json 'd[\"running\"]')\" = False ]"
 done
+# The mps role's path without systemd: nvidia_mps_instances plans an instance selected by PCI bus id (read-only),
+# its desired state is written as the role writes it, and the unit's steps run through gpuops_mps_helper.py
+# (pre-start, start = resolve + exec the control, configure, stop, post-stop); a client uses the planned env.
+BUS=$(nvidia-smi -i $LAST --query-gpu=pci.bus_id --format=csv,noheader)
+PLAN_ARGS=$(python3 -c 'import json,sys; print(json.dumps({"pipe_root": "/tmp/gpuops-role/run", "log_root": "/tmp/gpuops-role/log", "binary": sys.argv[2], "instances": [{"name": "bybus", "devices": [sys.argv[1]], "compute_mode": "keep", "default_device_pinned_mem_limit": {"0": "4G"}}]}))' "$BUS" "$(command -v nvidia-cuda-mps-control)")
+ansible localhost -m gpuops.nvidia.nvidia_mps_instances -a "$PLAN_ARGS" \
+  2>"$OUT_DIR/role-plan.stderr" | json_of >"$OUT_DIR/role-plan.json"
+mkdir -p /tmp/gpuops-role/daemon /tmp/gpuops-role/run/bybus /tmp/gpuops-role/log/bybus
+field "$OUT_DIR/role-plan.json" '__import__("json").dumps(d["instances"][0]["config"])' >/tmp/gpuops-role/daemon/bybus.json
+check "role plan resolves bus id $BUS to GPU $LAST" "field $OUT_DIR/role-plan.json 'd[\"instances\"][0][\"client_environment\"][\"CUDA_VISIBLE_DEVICES\"]' | grep -q \"\$(nvidia-smi -i $LAST --query-gpu=uuid --format=csv,noheader)\""
+export GPUOPS_MPS_CONFIG_DIR=/tmp/gpuops-role/daemon GPUOPS_NVIDIA_LIB=/tmp/gpuops-collections
+HELPER="$GPUOPS_REPO/roles/mps/files/gpuops_mps_helper.py"
+for s in pre-start start configure; do python3 "$HELPER" $s bybus >>"$OUT_DIR/role-helper.txt" 2>&1; echo "$s rc=$?" >>"$OUT_DIR/role-helper.txt"; done
+check "role helper started the daemon" "grep -q 'start rc=0' $OUT_DIR/role-helper.txt && grep -q 'configure rc=0' $OUT_DIR/role-helper.txt"
+ENVARGS=$(python3 -c 'import json,sys,shlex; e=json.load(open(sys.argv[1]))["instances"][0]["client_environment"]; print(" ".join(shlex.quote("%s=%s" % kv) for kv in sorted(e.items())))' "$OUT_DIR/role-plan.json")
+eval "timeout 120 env -i PATH=/usr/bin:/bin HOME=/root $ENVARGS $TORCH_PY -c \"\$CLIENT_PY\" 0" >"$OUT_DIR/role-client.txt" 2>&1
+check "a client with the role's env ran and the 4G limit held" "grep -q '2GiB ok' $OUT_DIR/role-client.txt && grep -q '6GiB refused' $OUT_DIR/role-client.txt"
+for s in stop post-stop; do python3 "$HELPER" $s bybus >>"$OUT_DIR/role-helper.txt" 2>&1; echo "$s rc=$?" >>"$OUT_DIR/role-helper.txt"; done
+check "role helper stopped the daemon" "grep -q 'stop rc=0' $OUT_DIR/role-helper.txt && grep -q 'post-stop rc=0' $OUT_DIR/role-helper.txt"
+rm -rf /tmp/gpuops-role
 sleep 1
 live_mps >"$OUT_DIR/mps-processes-after.txt"
 check "no live MPS process after the stops" "[ ! -s $OUT_DIR/mps-processes-after.txt ]"
