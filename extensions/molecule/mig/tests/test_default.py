@@ -46,14 +46,30 @@ def test_node_was_rebooted(host):
 
 def test_engine_and_script_installed(host):
     lib = "/usr/local/lib/gpuops-nvidia/ansible_collections/gpuops/nvidia/plugins/module_utils"
-    for name in ("__init__.py", "_nvml.py", "_gpu_info.py", "_mig.py", "_mig_plan.py", "_mig_config.py"):
-        assert host.file(f"{lib}/{name}").is_file
+    # the engine role copies every plugins/module_utils/_*.py but the Ansible adapter _module.py
+    for name in ("__init__.py", "_contract.py", "_nvml.py", "_gpu_info.py", "_mig.py", "_mig_plan.py",
+                 "_mig_config.py", "_mps.py"):
+        assert host.file(f"{lib}/{name}").is_file, name
+        assert host.file(f"{lib}/{name}").user == "root" and host.file(f"{lib}/{name}").mode == 0o644
+    assert not host.file(f"{lib}/_module.py").exists
+    for package in ("ansible_collections", "ansible_collections/gpuops", "ansible_collections/gpuops/nvidia",
+                    "ansible_collections/gpuops/nvidia/plugins"):
+        assert host.file(f"/usr/local/lib/gpuops-nvidia/{package}/__init__.py").is_file
     script = host.file("/usr/local/sbin/gpuops-mig-apply")
     assert script.mode == 0o755
     assert script.content_string.startswith("#!/usr/bin/python3\n")
+
+
+def test_desired_state_is_the_modules_options(host):
+    """The side effect switched to config all-3g of a mig-parted file: mig.json holds the module's options as
+    the role passed them, plus the parsed config (the node's copy of the file was removed before the reboot)."""
     desired = json.loads(host.file("/etc/gpuops/mig.json").content_string)
-    assert desired["layout"] == {"3g.40gb": 2}
-    assert desired["device_filter"] == ["0x233010DE"]
+    assert sorted(desired) == ["_mig_parted_config", "allow_busy_kept_instances", "config_file", "config_name",
+                               "device_filter", "devices", "layout", "lock_file", "lock_timeout", "mode", "reset"]
+    assert desired["config_file"] == "/etc/gpuops/mig-parted.yaml" and desired["config_name"] == "all-3g"
+    assert desired["mode"] is None and desired["layout"] is None
+    assert desired["_mig_parted_config"]["mig-configs"]["all-3g"][0]["mig-devices"] == {"3g.40gb": 2}
+    assert not host.file("/etc/gpuops/mig-parted.yaml").exists
 
 
 def test_unit_ordering(host):
@@ -76,13 +92,13 @@ def test_service_ran_successfully_at_boot(host):
 
 def test_service_logged_the_plan(host):
     log = host.check_output(f"journalctl -b -u {UNIT} --no-pager -o cat")
-    assert "desired state from /etc/gpuops/mig.json" in log
+    assert "desired state from /etc/gpuops/mig.json: config all-3g of /etc/gpuops/mig-parted.yaml" in log
     # the reboot dropped the Hopper MIG mode and the instances: the plan re-enables and recreates them
     for gpu in (0, 1):
         assert f"GPU {gpu}: enable MIG mode" in log
         assert f"GPU {gpu}: create GPU instance 3g.40gb at memory slices 0-3" in log
         assert f"GPU {gpu}: create GPU instance 3g.40gb at memory slices 4-7" in log
-    assert "GPU 2" not in log  # the A100 is not selected by the device filter
+    assert "GPU 2" not in log  # the A100 is not selected by the config's device filter
     assert "verified: 2 GPU(s) match the desired layout (changed)" in log
 
 
@@ -108,10 +124,19 @@ def test_nothing_left_to_do(host):
 
 def test_failure_is_visible(host):
     """A layout that does not fit: exit 1 with the engine's message, nothing changed."""
-    bad = {"version": 1, "mode": "enabled", "layout": {"7g.80gb": 2}, "devices": "all",
-           "device_filter": ["0x233010DE"], "reset": "if_needed"}
+    bad = {"layout": {"7g.80gb": 2}, "device_filter": ["0x233010DE"]}
     host.check_output(f"echo '{json.dumps(bad)}' > /root/mig-bad.json")
     res = host.run("/usr/local/sbin/gpuops-mig-apply --state /root/mig-bad.json")
     assert res.rc == 1
     assert "cannot fit" in res.stderr and "nothing was changed" in res.stderr
     assert host.run("/usr/local/sbin/gpuops-mig-apply --check").rc == 0
+
+
+def test_invalid_state_is_refused_by_the_modules_validator(host):
+    """The boot script runs mig.json through nvidia_mig's validator: exit 2, the module's message."""
+    bad = {"layout": {"3g.40gb": 2}, "config_file": "/etc/gpuops/mig-parted.yaml", "version": 1}
+    host.check_output(f"echo '{json.dumps(bad)}' > /root/mig-invalid.json")
+    res = host.run("/usr/local/sbin/gpuops-mig-apply --state /root/mig-invalid.json")
+    assert res.rc == 2, res.stderr
+    assert "invalid desired MIG state" in res.stderr
+    assert "unknown option(s) version" in res.stderr
