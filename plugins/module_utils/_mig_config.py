@@ -19,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import traceback
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
@@ -47,10 +48,18 @@ def _int(value):
 
 
 def parse_document(text, source="config file"):
-    """The YAML document of a mig-parted config, not yet validated (validate() does that)."""
+    """The YAML document of a mig-parted config, not yet validated (validate() does that).
+
+    Without PyYAML, a document written as JSON (which is YAML, and which mig-parted reads too) is still read:
+    the mig role ships the config it parsed on the controller that way, so nodes need no PyYAML.
+    """
     if yaml is None:
-        raise ConfigError("reading %s needs PyYAML on the managed node (python3-yaml); it is not installed"
-                          % source, kind="pyyaml_missing", details={"exception": YAML_IMPORT_ERROR})
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ConfigError("reading %s needs PyYAML on the managed node (python3-yaml); it is not installed "
+                              "(a config written as JSON, which is YAML too, needs none)" % source,
+                              kind="pyyaml_missing", details={"exception": YAML_IMPORT_ERROR})
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -30,7 +30,7 @@ author:
   - gpuops.nvidia contributors (@gpuops)
 requirements:
   - nvidia-ml-py
-  - PyYAML, only for O(config_file)
+  - PyYAML, only for a O(config_file) written in YAML (one written as JSON, which is YAML too, needs none)
 extends_documentation_fragment:
   - gpuops.nvidia.devices
   - ansible.builtin.action_common_attributes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config as mig_config
@@ -120,6 +122,16 @@ def test_missing_file(tmp_path):
 
 
 def test_without_pyyaml(monkeypatch):
+    with_yaml = mig_config.parse(GOOD)
     monkeypatch.setattr(mig_config, "yaml", None)
-    with pytest.raises(mig_config.ConfigError, match="needs PyYAML"):
+    with pytest.raises(mig_config.ConfigError, match="needs PyYAML") as info:
         mig_config.parse(GOOD)
+    assert info.value.kind == "pyyaml_missing"
+    # the same config written as JSON (what the mig role ships to the node) needs no PyYAML
+    document = {"version": "v1", "mig-configs": {
+        "all-disabled": [{"devices": "all", "mig-enabled": False, "mig-devices": {}}],
+        "balanced": [{"device-filter": ["0x233010DE"], "devices": "all", "mig-enabled": True,
+                      "mig-devices": {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}},
+                     {"device-filter": "0x20B010DE", "devices": [2], "mig-enabled": True,
+                      "mig-devices": {"1c.3g.20gb": 3}}]}}
+    assert mig_config.parse(json.dumps(document, indent=2)) == with_yaml

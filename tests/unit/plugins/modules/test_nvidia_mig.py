@@ -515,6 +515,25 @@ def test_config_file_errors_come_before_nvml(sim, run, tmp_path):
     assert result["error_kind"] == "invalid_config" and "nope" in result["msg"]
 
 
+def test_config_file_in_json_needs_no_pyyaml(sim, run, tmp_path, monkeypatch):
+    """The mig role ships the config it parsed on the controller as JSON: nodes without PyYAML read it."""
+    import json
+
+    import yaml
+    from ansible_collections.gpuops.nvidia.plugins.module_utils import _mig_config
+
+    path = tmp_path / "mig-parted.yaml"
+    path.write_text(json.dumps(yaml.safe_load(CONFIG), indent=2))
+    monkeypatch.setattr(_mig_config, "yaml", None)
+    sim.create("h100-80gb")
+    result = mig(run, config_file=str(path), config_name="mixed")
+    assert not result.failed, result["msg"]
+    assert devices_of(sim, 0) == {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}
+    path.write_text(CONFIG)
+    result = mig(run, config_file=str(path), config_name="mixed")
+    assert result.failed and result["error_kind"] == "pyyaml_missing" and "python3-yaml" in result["msg"]
+
+
 # -- host lock ---------------------------------------------------------------------------------------------
 
 def test_lock_timeout(sim, run, mig_lock):
