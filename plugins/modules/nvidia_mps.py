@@ -23,7 +23,7 @@ description:
   - Optionally sets the GPUs' compute mode through NVML before the start and restores it when the daemon is
     stopped, recording the original mode in a small state file in the pipe directory.
   - Reports the running MPS servers and their clients.
-  - O(devices) also takes MIG device UUIDs (C(MIG-...)): the daemon serves those MIG devices. A GPU in MIG mode
+  - O(devices) also takes MIG device UUIDs (C(MIG-...)), and the daemon then serves those MIG devices. A GPU in MIG mode
     cannot be listed itself; one daemon per MIG device is the supported setup. With V(all) and no O(device_filter)
     the daemon sees every GPU; otherwise the selected devices' UUIDs go into the daemon's C(CUDA_VISIBLE_DEVICES)
     and into RV(client_environment).
