@@ -187,8 +187,8 @@ def check_options(spec, params, where=None):
             values = value if isinstance(value, list) else [value]
             wrong = [v for v in values if v not in choices]
             if wrong:
-                problems.append("%s: %s is not one of %s" % (name, ", ".join(repr(w) for w in wrong),
-                                                               ", ".join(str(c) for c in choices)))
+                problems.append("%s: %s is not one of %s"
+                                % (name, ", ".join(repr(w) for w in wrong), ", ".join(str(c) for c in choices)))
                 continue
         result[name] = value
     if problems:

@@ -420,7 +420,6 @@ class MpsDaemon:
                            % (what, wanted, got), kind="not_applied")
 
 
-
 # -- helpers ---------------------------------------------------------------------------------------------
 
 def check_owner(user, group):
@@ -446,4 +445,3 @@ def check_owner(user, group):
 def _user_differs(user):
     owner = check_owner(user, None)
     return owner is not None and owner[0] != os.geteuid()
-

@@ -376,4 +376,3 @@ class NvmlSession:
                 "compute_instance_id": None if ci_id == NO_INSTANCE else ci_id,
             })
         return processes
-

@@ -88,8 +88,8 @@ def test_every_problem_is_reported_at_once_with_what_is_valid(sim, run, tmp_path
 
 def test_two_instances_on_one_device_or_one_pipe_directory_are_refused(sim, run, tmp_path):
     sim.create("h100-80gb:2")
-    same_device = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]},
-                                                  {"name": "b", "devices": [sim.gpu(0)["uuid"]]}])
+    same_device = plan(run, tmp_path, instances=[
+        {"name": "a", "devices": [0]}, {"name": "b", "devices": [sim.gpu(0)["uuid"]]}])
     assert same_device.failed and "mps instance b and mps instance a serve the same device" in same_device["msg"]
     every_gpu = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "all"}])
     assert every_gpu.failed and "serves every GPU" in every_gpu["msg"]
