@@ -99,8 +99,9 @@ def number_text(value):
     return ("%d" % value) if float(value).is_integer() else ("%g" % value)
 
 
-def validate(params, spec=MPS_SPEC, where=None):
+def validate(params, spec=None, where=None):
     """Check and normalize the desired configuration before anything touches the node (no NVML)."""
+    spec = MPS_SPEC if spec is None else spec
     config = check_options(spec, params, where=where)
     prefix = "%s: " % where if where else ""
     try:

@@ -17,7 +17,6 @@ import re
 import traceback
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
-    PCI_DEVICE_ID_PATTERN,
     GpuopsError,
     check_device_filter,
     parse_devices,

@@ -17,7 +17,7 @@ description:
   - Expands named MPS daemons, one daemon per GPU not in MIG mode (O(per_gpu)) and one per MIG device
     (O(per_mig_device)), applies O(defaults), and validates every instance with the same validator as
     M(gpuops.nvidia.nvidia_mps), on the node, before anything changes.
-  - Resolves each instance's devices (GPU indices, C(GPU-)/C(MIG-) UUIDs, PCI bus ids, O(instances[].device_filter))
+  - Resolves each instance's devices (GPU indices, C(GPU-)/C(MIG-) UUIDs, PCI bus ids, each instance's C(device_filter))
     through NVML, checks that users and groups exist, that names are usable as systemd instance and directory
     names, and that no two instances share a pipe directory or a device. Every problem is reported at once.
   - Returns, per instance, the validated desired state (the options of M(gpuops.nvidia.nvidia_mps)) that the
@@ -34,6 +34,7 @@ attributes:
     description: Runs the same in check mode; it never changes anything.
   diff_mode:
     support: none
+    description: It changes nothing, so there is nothing to show.
   platform:
     support: full
     platforms: posix
