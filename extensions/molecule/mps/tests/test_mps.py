@@ -98,6 +98,8 @@ def test_removed_instance_is_gone(host):
 
 
 def test_daemon_count(host):
-    # shared + bybus + 2 MIG devices; the stand-in names its daemons nvidia-cuda-mps-control
-    out = host.run("pgrep -c -x nvidia-cuda-mps").stdout.strip()
-    assert int(out or 0) == 4
+    # shared + bybus + 2 MIG devices, each with a live control daemon behind its pid file
+    units = host.run("systemctl list-units --no-legend --plain --state=active 'gpuops-mps@*'").stdout.split("\n")
+    assert len([u for u in units if u.strip()]) == 4
+    pids = host.run("cat /run/nvidia-mps/*/nvidia-cuda-mps-control.pid").stdout.split()
+    assert len(pids) == 4 and all(host.file("/proc/%s" % pid).is_directory for pid in pids)
