@@ -170,8 +170,8 @@ def describe_desired(desired):
     if desired["config_file"] is not None:
         what = "config %s of %s" % (desired["config_name"] or "(the only one)", desired["config_file"])
     else:
-        what = "mode %s, layout %s" % (desired["mode"] or "enabled", json.dumps(desired["layout"] or {},
-                                                                                 sort_keys=True))
+        layout = json.dumps(desired["layout"] or {}, sort_keys=True)
+        what = "mode %s, layout %s" % (desired["mode"] or "enabled", layout)
     return "%s; devices %s, device_filter %s, reset %s" % (what, desired["devices"],
                                                            desired["device_filter"] or "none", desired["reset"])
 

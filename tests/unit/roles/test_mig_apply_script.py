@@ -99,8 +99,8 @@ def test_mig_parted_config_file_without_embedded_copy(script, sim, desired, caps
     ({"layout": {"3g.40gb": 1}, "colour": "red"}, "unknown option(s) colour"),
     ({"layout": {"3g.40gb": 1}, "device_filter": ["H100"]}, "0x233010DE"),
     ({"config_name": "a", "mode": "enabled"}, "config_name requires config_file"),
-    ({"mode": "enabled", "_mig_parted_config": {"version": "v1"}}, "_mig_parted_config (a parsed mig-parted "
-                                                                    "config) requires config_file"),
+    ({"mode": "enabled", "_mig_parted_config": {"version": "v1"}},
+     "_mig_parted_config (a parsed mig-parted config) requires config_file"),
     ({"config_file": "/x.yaml", "_mig_parted_config": {"version": "v2", "mig-configs": {}}}, "only v1"),
 ])
 def test_the_state_is_checked_by_the_modules_validator(script, sim, desired, capsys, fields, words):
