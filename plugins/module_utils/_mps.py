@@ -9,7 +9,8 @@ One daemon is identified by its pipe directory. The parts:
 * `_mps_spec`: the options, the one validator, the one client-environment writer;
 * `_mps_control`: the control protocol (commands and replies);
 * `_mps_devices`: device resolution (through the NVML seam) and the compute mode of the daemon's GPUs;
-* this file: `MpsDaemon`, the lifecycle (start, stop, start-time drift, defaults, report) and the steps the
+* `_mps_defaults`: the daemon's defaults, read, set where they differ, read back (or predicted in check mode);
+* this file: `MpsDaemon`, the lifecycle (start, stop, start-time drift, report) and the steps the
   mps role's systemd unit runs through gpuops_mps_helper.py.
 
 Used by the nvidia_mps module and by the mps role's systemd helper, which imports these files from
@@ -31,14 +32,13 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._host import (
     process_uid,
 )
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_control import PID_FILE, MpsControl, log_tail
+from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_defaults import DaemonDefaults
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_devices import DaemonDevices
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import (
     CONTROL_BINARY,
     DEFAULT_LOG_DIRECTORY,
     MpsError,
     client_environment,
-    memory_limit_bytes,
-    number_text,
     validate,
 )
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError, NvmlSession, text
@@ -62,13 +62,14 @@ class MpsDaemon:
         self.control = MpsControl(binary, self.config["pipe_directory"], self.config["log_directory"], run) \
             if binary else None
         self.devices = DaemonDevices(self.config, nvml_factory, check_mode, self.actions, self.warnings)
+        self.defaults = DaemonDefaults(self.config, self.control, check_mode, self.actions, self._running)
 
     # -- public ---------------------------------------------------------------------------------------
 
     def apply(self):
         state = self.config.get("state") or "started"
         running = self._running()
-        before = self._snapshot(running)
+        before = self.defaults.snapshot(running)
         if state == "stopped":
             self._stop(running)
             after = {"running": False}
@@ -94,8 +95,8 @@ class MpsDaemon:
                 self.devices.apply_compute_mode(devices)
             else:
                 self._start(devices)
-            self._apply_defaults()
-            after = self._after(before if running else {"running": False})
+            self.defaults.apply()
+            after = self.defaults.after(before if running else {"running": False})
         result = {
             "changed": bool(self.actions),
             "actions": self.actions,
@@ -115,59 +116,16 @@ class MpsDaemon:
     def _running(self):
         return self.control is not None and self.control.is_running()
 
-    def _snapshot(self, running):
-        if not running:
-            return {"running": False}
-        return {"running": True, "defaults": self._live_defaults()}
-
-    def _after(self, before):
-        """The daemon's defaults after this run: read back, or in check mode predicted from `before`."""
-        if not self.check_mode:
-            return self._snapshot(True)
-        if not before.get("running"):
-            return {"running": True, "defaults": self._desired_defaults()}
-        defaults = dict(before["defaults"])
-        limits = dict(defaults.get("device_pinned_mem_limit") or {})
-        limits.update(self.config["default_device_pinned_mem_limit"])
-        defaults["device_pinned_mem_limit"] = limits
-        for key in ("active_thread_percentage", "client_priority"):
-            if self.config.get("default_" + key) is not None:
-                defaults[key] = self.config["default_" + key]
-        return {"running": True, "defaults": defaults}
-
-    def _really_running(self):
-        return self._running()
-
-    def _desired_defaults(self):
-        return {
-            "active_thread_percentage": self.config.get("default_active_thread_percentage") or 100.0,
-            "device_pinned_mem_limit": dict(self.config["default_device_pinned_mem_limit"]),
-            "client_priority": self.config.get("default_client_priority") or 0,
-        }
-
-    def _live_defaults(self):
-        limits = {}
-        for device in sorted(self.config["default_device_pinned_mem_limit"]):
-            value = self.control.get_limit(device)
-            limits[device] = None if memory_limit_bytes(value) is None else value
-        defaults = {"active_thread_percentage": self.control.get_percentage(), "device_pinned_mem_limit": limits,
-                    "client_priority": None}
-        try:
-            defaults["client_priority"] = self.control.get_priority()
-        except MpsError as exc:
-            if exc.kind != "unsupported_command":
-                raise
-        return defaults
 
     def _report(self, want_running):
         report = {"running": False, "pid": None, "servers": [], "defaults": {}}
         if not want_running:
             return report
-        if self.check_mode and not self._really_running():
-            report.update(running=True, defaults=self._desired_defaults())
+        if self.check_mode and not self._running():
+            report.update(running=True, defaults=self.defaults.desired())
             return report
         report.update(running=True, pid=self.control.pid(), servers=self.control.servers(),
-                      defaults=self._live_defaults())
+                      defaults=self.defaults.live())
         return report
 
     # -- start / stop -----------------------------------------------------------------------------------
@@ -279,7 +237,7 @@ class MpsDaemon:
     def service_configure(self):
         """ExecStartPost / ExecReload: wait for the daemon, then apply the defaults that differ."""
         self._wait_running()
-        self._apply_defaults()
+        self.defaults.apply()
         return self.actions
 
     def service_stop(self):
@@ -373,52 +331,6 @@ class MpsDaemon:
             if owner and uid is not None and uid != owner[0]:
                 drift.append("user (uid %d)" % uid)
         return drift
-
-    def _apply_defaults(self):
-        if self.check_mode and not self._really_running():
-            wanted = self._desired_defaults()
-            for name, value in (("active thread percentage", self.config.get("default_active_thread_percentage")),
-                                ("client priority", self.config.get("default_client_priority"))):
-                if value is not None:
-                    self.actions.append("set the default %s to %s" % (name, value))
-            for device, value in sorted(wanted["device_pinned_mem_limit"].items()):
-                self.actions.append("set the default pinned memory limit of device %s to %s" % (device, value))
-            return
-        percentage = self.config.get("default_active_thread_percentage")
-        if percentage is not None:
-            current = self.control.get_percentage()
-            if current is None or abs(current - percentage) > 0.05:
-                self.actions.append("set the default active thread percentage from %s to %s"
-                                    % (current, number_text(percentage)))
-                if not self.check_mode:
-                    self.control.set_percentage(percentage)
-                    self._verify("active thread percentage", self.control.get_percentage(),
-                                 lambda got: got is not None and abs(got - percentage) <= 0.05, percentage)
-        for device, value in sorted(self.config["default_device_pinned_mem_limit"].items()):
-            current = self.control.get_limit(device)
-            if memory_limit_bytes(current) != memory_limit_bytes(value):
-                self.actions.append("set the default pinned memory limit of device %s from %s to %s"
-                                    % (device, current, value))
-                if not self.check_mode:
-                    self.control.set_limit(device, value)
-                    self._verify("pinned memory limit of device %s" % device, self.control.get_limit(device),
-                                 lambda got, v=value: memory_limit_bytes(got) == memory_limit_bytes(v), value)
-        priority = self.config.get("default_client_priority")
-        if priority is not None:
-            current = self.control.get_priority()
-            if current != priority:
-                self.actions.append("set the default client priority from %s to %d" % (current, priority))
-                if not self.check_mode:
-                    self.control.set_priority(priority)
-                    self._verify("client priority", self.control.get_priority(), lambda got: got == priority,
-                                 priority)
-
-    @staticmethod
-    def _verify(what, got, ok, wanted):
-        if not ok(got):
-            raise MpsError("the MPS control daemon did not take the default %s: set %s, reads back %s"
-                           % (what, wanted, got), kind="not_applied")
-
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
