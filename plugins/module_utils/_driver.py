@@ -21,6 +21,7 @@ __metaclass__ = type
 
 import os
 import re
+import sys
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
     GpuopsError,
@@ -28,6 +29,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
     check_options,
     invalid,
 )
+from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_apt import missing_components, read_sources
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware import (
     branch_of,
     in_container,
@@ -37,6 +39,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware imp
     os_release,
     pci_devices,
 )
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import nvml_py_version
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_packages import (
     default_branch,
     distribution,
@@ -129,7 +132,13 @@ def decide(request, distro, hardware, loaded, installed):
                                                    else "the distribution's archive")}
 
 
-def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", modules_dir="/lib/modules"):
+def python_binding():
+    """The interpreter running this and the nvidia-ml-py version it imports (None when it has none)."""
+    return {"executable": sys.executable, "nvml_version": nvml_py_version()}
+
+
+def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", modules_dir="/lib/modules",
+            etc_apt="/etc/apt"):
     """Read the node and decide; returns the module's result (never changes anything)."""
     request = check_request(params)
     distro = distribution(os_release(os_release_path), os.uname()[4])
@@ -139,6 +148,10 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
     loaded = loaded_driver(request["sysfs_root"])
     installed = installed_driver(kernel_facts, run, modules_dir)
     decision = decide(request, distro, hardware, loaded, installed)
+    plan = decision["plan"]
+    if plan is not None:
+        plan["apt_sources"] = (missing_components(read_sources(etc_apt), distro["codename"], plan["components"])
+                               if plan["components"] else [])
     return {
         "changed": False,
         "distribution": distro,
@@ -146,6 +159,7 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
         "nvswitches": devices["nvswitches"],
         "kernels": kernel_facts,
         "container": in_container(),
+        "python": python_binding(),
         "loaded": loaded,
         "installed": installed,
         "action": decision["action"],

@@ -206,10 +206,13 @@ def _apt_family(distro, request, flavor):
         "fabricmanager_packages": fabricmanager,
         "build_packages": ["dkms"],
         "version_package": kernel[0],
+        # Debian renames the module files (nvidia-current[-open].ko); modprobe options name the file's module
+        "kernel_module_name": (("nvidia-current-open" if is_open else "nvidia-current")
+                               if distro["family"] == "debian" and source == "distribution" else "nvidia"),
         "persistenced_binary": "/usr/bin/nvidia-persistenced",
         "mps_control_binary": "/usr/bin/nvidia-cuda-mps-control",
         "nvml_package": "python3-pynvml",
-        "initramfs_command": ["update-initramfs", "-u", "-k", "all"],
+        "initramfs_command": ["/usr/sbin/update-initramfs", "-u", "-k", "all"],
         "hold_packages": kernel + userspace + fabricmanager,
     }
 
@@ -236,10 +239,11 @@ def _redhat_family(distro, request, flavor, fabricmanager):
         "fabricmanager_packages": ["nvidia-fabric-manager", "libnvidia-nscq"],
         "build_packages": ["dkms"],
         "version_package": kmod,
+        "kernel_module_name": "nvidia",
         "persistenced_binary": "/usr/bin/nvidia-persistenced",
         "mps_control_binary": "/usr/bin/nvidia-cuda-mps-control",
         "nvml_package": None,
-        "initramfs_command": ["dracut", "--regenerate-all", "--force"],
+        "initramfs_command": ["/usr/bin/dracut", "--regenerate-all", "--force"],
         "hold_packages": ["nvidia-driver", kmod, "nvidia-driver-cuda", "nvidia-persistenced"]
         + (["nvidia-fabric-manager", "libnvidia-nscq"] if fabricmanager else []),
     }

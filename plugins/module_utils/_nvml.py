@@ -60,12 +60,39 @@ _BUS_ID_SHORT = re.compile(r"^([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
 class NvmlError(GpuopsError):
     """Any failure talking to NVML or selecting GPUs, with an actionable message.
 
-    `kind` is a stable keyword (pynvml_missing, library_missing, driver_not_loaded, no_permission, not_supported,
-    not_found, gpu_lost, in_use, insufficient_resources, invalid_selection, ...); `nvml_code` the nvmlReturn_t.
+    `kind` is a stable keyword (pynvml_missing, pynvml_too_old, library_missing, driver_not_loaded, no_permission,
+    not_supported, not_found, gpu_lost, in_use, insufficient_resources, invalid_selection, ...); `nvml_code` the
+    nvmlReturn_t.
     """
 
     def __init__(self, message, kind="nvml", nvml_code=None, details=None):
         super(NvmlError, self).__init__(message, kind=kind, nvml_code=nvml_code, details=details)
+
+
+# The oldest nvidia-ml-py this collection works with (requirements.txt): older bindings lack NVML functions and
+# structure versions the engines call (e.g. Debian 12's python3-pynvml 11.525).
+NVML_PY_MINIMUM = "12.535.77"
+PYNVML_TOO_OLD = ("nvidia-ml-py %s (import name pynvml) is older than %s, the oldest this collection works with, for "
+                  "the Python that runs this on the managed node: upgrade it (pip install 'nvidia-ml-py>=%s'), or let "
+                  "the gpuops.nvidia.driver role provide it (driver_nvml_binding) and use the Python it names")
+
+
+def nvml_py_version():
+    """The installed nvidia-ml-py's version from its package metadata, or None when there is none to read."""
+    try:
+        from importlib import metadata
+    except ImportError:  # Python < 3.8: no metadata to compare
+        return None
+    for name in ("nvidia-ml-py", "nvidia_ml_py"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _version_tuple(version):
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 PYNVML_MISSING = ("the Python package nvidia-ml-py (import name pynvml) is not installed for the Python that runs "
@@ -145,6 +172,10 @@ class NvmlSession:
     def open(self):
         if self.pynvml is None:
             raise NvmlError(PYNVML_MISSING, kind="pynvml_missing", details={"exception": PYNVML_IMPORT_ERROR})
+        installed = nvml_py_version() if self.pynvml is pynvml else None
+        if installed is not None and _version_tuple(installed) < _version_tuple(NVML_PY_MINIMUM):
+            raise NvmlError(PYNVML_TOO_OLD % (installed, NVML_PY_MINIMUM, NVML_PY_MINIMUM), kind="pynvml_too_old",
+                            details={"nvml_py_version": installed, "nvml_py_minimum": NVML_PY_MINIMUM})
         try:
             self.pynvml.nvmlInit()
         except self.pynvml.NVMLError as exc:

@@ -7,6 +7,7 @@ Sub-commands (all print JSON on success, a clear message and the boot-log tail o
   keypair                               create (once) the harness SSH keypair, print its paths
   wheel                                 download (once) the nvidia-ml-py wheel into the cache
   create  --dir D --name N --release R  copy the rootfs to D/root, configure it, boot it, wait for ssh
+          [--apt-cache]                 ... with the cache's apt/<release>/ as the node's /var/cache/apt/archives
   boot    --dir D                       boot an already created node again (same copy, same port)
   stop    --dir D                       orderly poweroff, then kill; nothing stays running
   reboot  --dir D                       stop, apply the NVML simulator's reboot offline, boot
@@ -410,6 +411,10 @@ def boot(node):
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
     argv = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--console=read-only",
             "-D", node["root"], "--machine", node["hostname"], "-b"]
+    if node.get("apt_cache"):
+        # Downloaded .debs outlive the node (the driver scenario's packages are fetched once per release).
+        os.makedirs(os.path.join(node["apt_cache"], "partial"), exist_ok=True)
+        argv.insert(-1, f"--bind={node['apt_cache']}:/var/cache/apt/archives")
     logf = open(node["log"], "ab")
     logf.write(f"\n=== boot {time.ctime()}: {' '.join(argv)}\n".encode())
     logf.flush()
@@ -522,7 +527,11 @@ def mounts_under(path):
     return hits
 
 
-def create(node_dir, name, release, hostname=None):
+def apt_cache_path(release):
+    return os.path.join(cache_dir(), "apt", release_name(release))
+
+
+def create(node_dir, name, release, hostname=None, apt_cache=False):
     node_dir = os.path.abspath(node_dir)
     release = release_name(release)
     base = build_rootfs(release)
@@ -542,7 +551,8 @@ def create(node_dir, name, release, hostname=None):
     with Lock(os.path.join(cache_dir(), "ports.lock"), timeout=60, what="port allocation"):
         node = {"dir": node_dir, "name": name, "hostname": hostname or name, "release": release,
                 "root": root, "log": os.path.join(node_dir, "boot.log"), "pid": None,
-                "identity_file": keys["private"], "port": pick_port(node_dir)}
+                "identity_file": keys["private"], "port": pick_port(node_dir),
+                "apt_cache": apt_cache_path(release) if apt_cache else None}
         save_node(node)
     return boot(node)
 
@@ -633,6 +643,8 @@ def main(argv=None):
     p.add_argument("--name", required=True)
     p.add_argument("--release", required=True)
     p.add_argument("--hostname")
+    p.add_argument("--apt-cache", action="store_true",
+                   help="bind the cache's apt/<release>/ to the node's /var/cache/apt/archives (kept across nodes)")
     for cmd in ("boot", "stop", "reboot", "destroy", "ssh-command", "inventory"):
         sub.add_parser(cmd).add_argument("--dir", required=True)
     sub.add_parser("list")
@@ -649,7 +661,7 @@ def main(argv=None):
         result = {"wheel": wheel()}
     elif args.cmd == "create":
         started = time.monotonic()
-        node = create(args.dir, args.name, args.release, args.hostname)
+        node = create(args.dir, args.name, args.release, args.hostname, args.apt_cache)
         result = {"node": node, "instance_config": instance_config(node),
                   "seconds": round(time.monotonic() - started, 1)}
     elif args.cmd == "boot":
