@@ -161,6 +161,7 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
         "container": in_container(),
         "python": python_binding(),
         "loaded": loaded,
+        "nouveau_loaded": os.path.isdir(os.path.join(request["sysfs_root"], "module", "nouveau")),
         "installed": installed,
         "action": decision["action"],
         "plan": decision["plan"],

@@ -165,6 +165,10 @@ loaded:
   description: version, branch and kernel_modules (open, proprietary, or null when unknown) of the loaded driver.
   returned: success
   type: dict
+nouveau_loaded:
+  description: The nouveau kernel module is loaded (it holds the GPUs until a reboot with it blacklisted).
+  returned: success
+  type: bool
 installed:
   description: kernel, file and version of the nvidia module the boot kernel would load; null when there is none.
   returned: success

@@ -1,0 +1,130 @@
+"""driver role: Debian's driver packages really installed, DKMS built for the boot kernel, held; nothing on no-GPU."""
+
+import re
+
+import pytest
+
+MINIMUM_NVML = (12, 535, 77)
+FLAVOR = {
+    "driver-d12": {"kernel": "nvidia-kernel-dkms", "dkms": "nvidia-current", "module": "nvidia-current",
+                   "branch": "535"},
+    "driver-d13": {"kernel": "nvidia-open-kernel-dkms", "dkms": "nvidia-current-open", "module": "nvidia-current-open",
+                   "branch": "550"},
+}
+USERSPACE = ["nvidia-smi", "libnvidia-ml1", "libcuda1", "nvidia-persistenced", "nvidia-cuda-mps"]
+ROLE_FILES = ["/etc/modprobe.d/gpuops-driver-blacklist-nouveau.conf", "/etc/modprobe.d/gpuops-driver-nvidia.conf"]
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def with_driver(host):
+    if name(host) not in FLAVOR:
+        pytest.skip("no driver on %s" % name(host))
+    return FLAVOR[name(host)]
+
+
+def boot_kernel(host):
+    images = host.check_output("ls /boot | sed -n 's/^vmlinuz-//p' | sort -V").split()
+    assert images, "the node has no kernel image"
+    return images[-1]
+
+
+def version_tuple(text):
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def test_driver_packages_installed_and_held(host):
+    flavor = with_driver(host)
+    selections = dict(line.split() for line in host.check_output("dpkg --get-selections").splitlines())
+    for package in [flavor["kernel"]] + USERSPACE:
+        assert host.package(package).is_installed, package
+        assert selections.get(package) == "hold", package
+    assert host.package(flavor["kernel"]).version.startswith(flavor["branch"] + ".")
+
+
+def test_headers_of_the_boot_kernel_installed(host):
+    with_driver(host)
+    assert host.package("linux-headers-%s" % boot_kernel(host)).is_installed
+
+
+def test_dkms_built_the_module_for_the_boot_kernel(host):
+    flavor = with_driver(host)
+    kernel = boot_kernel(host)
+    status = host.check_output("dkms status")
+    assert re.search(r"%s/%s\.[0-9.]+, %s, x86_64: installed" % (flavor["dkms"], flavor["branch"], re.escape(kernel)),
+                     status), status
+    module = host.check_output("modinfo -k %s -n %s", kernel, flavor["module"])
+    assert "/updates/dkms/" in module
+    version = host.check_output("modinfo -F version %s", module)
+    assert host.package(flavor["kernel"]).version.startswith(version + "-")
+
+
+def test_the_running_kernel_is_the_hosts(host):
+    """The node boots Debian's kernel; the container runs the host's, which has no nvidia module loaded."""
+    with_driver(host)
+    assert host.check_output("uname -r") != boot_kernel(host)
+    assert not host.file("/sys/module/nvidia").exists
+
+
+def test_archive_components_enabled_with_deb822(host):
+    with_driver(host)
+    sources = host.file("/etc/apt/sources.list.d/gpuops-driver-deb-debian-org-debian.sources")
+    assert sources.exists
+    assert "Components: contrib non-free non-free-firmware" in sources.content_string
+    assert "Types: deb" in sources.content_string
+
+
+def test_nouveau_blacklisted_in_the_initramfs_of_the_boot_kernel(host):
+    with_driver(host)
+    blacklist = host.file(ROLE_FILES[0]).content_string
+    assert "blacklist nouveau" in blacklist and "options nouveau modeset=0" in blacklist
+    listing = host.check_output("lsinitramfs /boot/initrd.img-%s", boot_kernel(host))
+    assert "etc/modprobe.d/gpuops-driver-blacklist-nouveau.conf" in listing
+
+
+def test_nvreg_options_for_the_debian_module_name(host):
+    flavor = with_driver(host)
+    options = host.file(ROLE_FILES[1]).content_string
+    assert "options %s NVreg_EnableGpuFirmware=1" % flavor["module"] in options
+
+
+def test_real_tools_installed_behind_the_stand_ins(host):
+    """The packages' nvidia-persistenced and MPS control are on the node (diverted: the stand-ins act on the
+    simulated GPUs)."""
+    with_driver(host)
+    for tool in ("nvidia-persistenced", "nvidia-cuda-mps-control", "nvidia-smi"):
+        real = host.file("/usr/bin/%s.distrib" % tool)
+        assert real.exists, tool
+        assert "diversion of /usr/bin/%s to /usr/bin/%s.distrib" % (tool, tool) in host.check_output("dpkg-divert --list")
+
+
+def test_nvml_binding(host):
+    with_driver(host)
+    if name(host) == "driver-d12":
+        python = "/opt/gpuops/nvml/bin/python3"  # Debian 12's python3-pynvml (11.525) is too old
+    else:
+        python = "/usr/bin/python3"
+        assert host.package("python3-pynvml").is_installed
+        assert version_tuple(host.package("python3-pynvml").version) >= MINIMUM_NVML
+    version = host.check_output("%s -c 'from importlib import metadata; print(metadata.version(\"nvidia-ml-py\"))'",
+                                python)
+    assert version_tuple(version) >= MINIMUM_NVML
+
+
+def test_persistenced_role_on_top(host):
+    with_driver(host)
+    service = host.service("nvidia-persistenced")
+    assert service.is_enabled and service.is_running
+    assert host.file("/etc/systemd/system/nvidia-persistenced.service.d/50-gpuops-persistenced.conf").exists
+
+
+def test_no_gpu_node_untouched(host):
+    if name(host) != "driver-nogpu":
+        pytest.skip("has GPUs")
+    for package in ["nvidia-kernel-dkms", "nvidia-open-kernel-dkms", "dkms", "nvidia-smi"]:
+        assert not host.package(package).is_installed, package
+    for path in ROLE_FILES + ["/etc/apt/preferences.d/gpuops-driver.pref"]:
+        assert not host.file(path).exists, path
+    assert not host.check_output("ls /etc/apt/sources.list.d").count("gpuops-driver")
