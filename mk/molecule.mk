@@ -1,10 +1,11 @@
 # Molecule harness targets (included by the main Makefile, which defines PYTHON, VENV, BIN, venv,
 # collection-link). Scenarios: every extensions/molecule/<name>/molecule.yml (Molecule's layout for a
-# collection), each merged over the base config extensions/molecule/config.yml; default/ is a stub Molecule
+# collection), each merged over the base config extensions/molecule/config.yml (gpu/ runs on GPU runners only:
+# tests/hardware/molecule_gpu.sh); default/ is a stub Molecule
 # looks for (not a test), shared/ holds the create/destroy/check-mode playbooks.
 MOLECULE_DIR := extensions/molecule
 MOLECULE_BASE_CONFIG := $(MOLECULE_DIR)/config.yml
-MOLECULE_SCENARIOS := $(sort $(filter-out default,$(notdir $(patsubst %/molecule.yml,%,$(wildcard $(MOLECULE_DIR)/*/molecule.yml)))))
+MOLECULE_SCENARIOS := $(sort $(filter-out default gpu,$(notdir $(patsubst %/molecule.yml,%,$(wildcard $(MOLECULE_DIR)/*/molecule.yml)))))
 # Simulated GPU nodes (nspawn boot, simulator, stand-ins): shared by the scenarios and `make demo`.
 NODE_DIR := tests/nodes
 NODE_SCRIPT := $(NODE_DIR)/gpuops_node.py
