@@ -32,6 +32,10 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
 
 # Where nvshare looks (compiled in as /var/run/nvshare/; /var/run is /run on every systemd distribution).
 SOCKET_DIR = "/run/nvshare"
+# Each GPU's scheduler directory on the host, /run/nvshare-gpus/<GPU UUID>, bound over SOCKET_DIR for the GPU's
+# scheduler and its clients. Not under SOCKET_DIR: a unit's RuntimeDirectory= is also mounted at its own path in
+# the unit's namespace, which under the bound SOCKET_DIR would nest the directory in itself.
+GPU_ROOT = "/run/nvshare-gpus"
 SOCKET_NAME = "scheduler.sock"
 # Written by the unit's ExecStartPost/ExecReload into the instance's own directory: what nvsharectl applied.
 APPLIED_NAME = "gpuops-applied.json"
@@ -84,8 +88,8 @@ def unit_name(instance):
     return "nvshare-scheduler@%s.service" % instance
 
 
-def instance_dir(instance, socket_dir=SOCKET_DIR):
-    return os.path.join(socket_dir, instance)
+def instance_dir(instance, gpu_root=GPU_ROOT):
+    return os.path.join(gpu_root, instance)
 
 
 def service_name(name):

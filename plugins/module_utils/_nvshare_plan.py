@@ -31,6 +31,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._nvshare import (
     APPLIED_NAME,
     DROPIN_NAME,
     FILES,
+    GPU_ROOT,
     MIN_SENSIBLE_TQ,
     SOCKET_DIR,
     SOCKET_NAME,
@@ -50,10 +51,11 @@ ACTIVE = ("active", "activating", "reloading")
 class Node:
     """Where the plan looks on the node; tests point it at temporary directories and a fake runner."""
 
-    def __init__(self, run, socket_dir=SOCKET_DIR, systemd_dir="/etc/systemd/system", proc="/proc",
-                 var_run="/var/run", glibc=None, systemctl=None):
+    def __init__(self, run, socket_dir=SOCKET_DIR, gpu_root=GPU_ROOT, systemd_dir="/etc/systemd/system",
+                 proc="/proc", var_run="/var/run", glibc=None, systemctl=None):
         self.run = run
         self.socket_dir = socket_dir
+        self.gpu_root = gpu_root
         self.systemd_dir = systemd_dir
         self.proc = proc
         self.var_run = var_run
@@ -98,7 +100,7 @@ class Node:
                 match = UNIT_INSTANCE.match(line.split()[0]) if line.split() else None
                 if match:
                     names.add(match.group(1))
-        for path in glob.glob(os.path.join(self.socket_dir, "GPU-*")):
+        for path in glob.glob(os.path.join(self.gpu_root, "GPU-*")):
             if os.path.isdir(path) and INSTANCE_DIR.match(os.path.basename(path)):
                 names.add(os.path.basename(path))
         return names
@@ -120,7 +122,7 @@ class Node:
 
     def host_dir(self, instance):
         try:
-            info = os.stat(instance_dir(instance, self.socket_dir))
+            info = os.stat(instance_dir(instance, self.gpu_root))
         except OSError:
             return None
         return (info.st_dev, info.st_ino)
@@ -153,7 +155,7 @@ def _binding_drift(node, pid, instance):
     seen, wanted = node.bound_dir(pid), node.host_dir(instance)
     if seen is not None and wanted is not None and seen != wanted:
         return ["its /run/nvshare is not %s (a different GPU's scheduler directory, or none)"
-                % instance_dir(instance, node.socket_dir)]
+                % instance_dir(instance)]
     return []
 
 
@@ -381,7 +383,7 @@ def _scheduler_status(node, gpu, desired, default, clients):
     environment = {"CUDA_VISIBLE_DEVICES": instance}
     if desired["debug"]:
         environment["NVSHARE_DEBUG"] = "1"
-    directory = instance_dir(instance, node.socket_dir)
+    directory = instance_dir(instance, node.gpu_root)
     running, pid = _running(node.unit(unit_name(instance)))
     applied = read_applied(os.path.join(directory, APPLIED_NAME))
     drift = []

@@ -4,13 +4,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """nvshare-scheduler@.service helper: applies the scheduler's TQ and anti-thrash mode through nvsharectl.
 
-    python3 gpuops_nvshare_helper.py configure INSTANCE MAINPID
+    python3 gpuops_nvshare_helper.py configure INSTANCE MAINPID CONFIG
 
 The unit runs it as ExecStartPost (after every start, systemd's restarts included) and ExecReload, inside the
 unit's mount namespace, where /var/run/nvshare is this GPU's directory: nvsharectl, which only knows nvshare's
-compiled-in socket path, reaches this instance's scheduler. It reads /etc/gpuops/nvshare/nvshare.json (the desired
-state the role validated on the node with nvidia_nvshare_instances and wrote unchanged), validates it again with the
-same validator (the engine under /usr/local/lib/gpuops-nvidia), waits for the scheduler to listen, runs nvsharectl
+compiled-in socket path, reaches this instance's scheduler. It reads CONFIG (the role's nvshare.json: the desired
+state it validated on the node with nvidia_nvshare_instances and wrote unchanged), validates it again with the same
+validator (the engine installed next to this file, under the collection's package path), waits for the scheduler to listen, runs nvsharectl
 (argv) and records what it applied, with the scheduler's pid, in /var/run/nvshare/gpuops-applied.json, which the
 role reads to stay idempotent. Exit 1 with the reason on stderr (the journal) on failure, 2 on a usage error.
 """
@@ -24,8 +24,8 @@ import os
 import subprocess
 import sys
 
-LIB = os.environ.get("GPUOPS_NVIDIA_LIB", "/usr/local/lib/gpuops-nvidia")
-CONFIG = os.environ.get("GPUOPS_NVSHARE_CONFIG", "/etc/gpuops/nvshare/nvshare.json")
+# The engine role installs the engine next to this file (nvshare_lib_dir); tests point elsewhere.
+LIB = os.environ.get("GPUOPS_NVIDIA_LIB", os.path.dirname(os.path.abspath(__file__)))
 # nvshare's compiled-in directory as this process sees it (tests point it elsewhere).
 SOCKET_DIR = os.environ.get("GPUOPS_NVSHARE_SOCKET_DIR", "/var/run/nvshare")
 
@@ -36,10 +36,10 @@ def run(argv):
 
 
 def main(argv):
-    if len(argv) != 3 or argv[0] != "configure":
-        sys.stderr.write("usage: gpuops_nvshare_helper.py configure INSTANCE MAINPID\n")
+    if len(argv) != 4 or argv[0] != "configure":
+        sys.stderr.write("usage: gpuops_nvshare_helper.py configure INSTANCE MAINPID CONFIG\n")
         return 2
-    _step, instance, pid = argv
+    _step, instance, pid, config = argv
     if LIB not in sys.path:
         sys.path.insert(0, LIB)
     # pylint: disable=import-outside-toplevel
@@ -47,8 +47,8 @@ def main(argv):
     from ansible_collections.gpuops.nvidia.plugins.module_utils import _nvshare
 
     try:
-        with open(CONFIG) as handle:
-            desired = _nvshare.validate(json.load(handle), where=CONFIG)
+        with open(config) as handle:
+            desired = _nvshare.validate(json.load(handle), where=config)
         lines = _nvshare.configure(desired, pid, run, socket_path=os.path.join(SOCKET_DIR, _nvshare.SOCKET_NAME),
                                    applied_path=os.path.join(SOCKET_DIR, _nvshare.APPLIED_NAME))
     except (IOError, OSError, ValueError) as exc:

@@ -37,7 +37,6 @@ def helper(monkeypatch, tmp_path):
     ctl.write_text(NVSHARECTL)
     ctl.chmod(ctl.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "run").mkdir()
-    monkeypatch.setenv("GPUOPS_NVSHARE_CONFIG", str(tmp_path / "nvshare.json"))
     monkeypatch.setenv("GPUOPS_NVSHARE_SOCKET_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("GPUOPS_NVIDIA_LIB", os.environ.get("PYTHONPATH", "").split(os.pathsep)[0])
     spec = importlib.util.spec_from_file_location("gpuops_nvshare_helper", HELPER)
@@ -56,7 +55,7 @@ def write(helper, **settings):
 
 def test_configure_applies_the_settings_and_records_them_with_the_scheduler_pid(helper, capsys):
     write(helper, tq=90, anti_thrash=False)
-    assert helper.main(["configure", "GPU-1", "777"]) == 0
+    assert helper.main(["configure", "GPU-1", "777", str(helper.tmp / "nvshare.json")]) == 0
     out = capsys.readouterr().out
     assert "nvshare-scheduler@GPU-1: applied TQ 90 s and anti-thrash off through" in out
     assert (helper.prefix / "bin" / "calls").read_text() == "-S off -T 90\n"
@@ -67,7 +66,7 @@ def test_configure_applies_the_settings_and_records_them_with_the_scheduler_pid(
 def test_an_unreachable_scheduler_fails_the_step_with_the_reason(helper, capsys):
     write(helper)
     (helper.prefix / "bin" / "down").write_text("")
-    assert helper.main(["configure", "GPU-1", "777"]) == 1
+    assert helper.main(["configure", "GPU-1", "777", str(helper.tmp / "nvshare.json")]) == 1
     err = capsys.readouterr().err
     assert "nvshare-scheduler@GPU-1: configure: nvsharectl could not apply TQ 30 s" in err
     assert "nvshare_connect() failed" in err and "(scheduler_unreachable)" in err
@@ -76,14 +75,14 @@ def test_an_unreachable_scheduler_fails_the_step_with_the_reason(helper, capsys)
 
 def test_a_desired_state_that_fails_the_validator_is_not_applied(helper, capsys):
     write(helper, tq=-1, anti_thrash="maybe")
-    assert helper.main(["configure", "GPU-1", "777"]) == 1
+    assert helper.main(["configure", "GPU-1", "777", str(helper.tmp / "nvshare.json")]) == 1
     err = capsys.readouterr().err
     assert "anti_thrash must be true or false, got 'maybe'" in err
     assert not (helper.prefix / "bin" / "calls").exists()
 
 
 def test_missing_desired_state_and_usage(helper, capsys):
-    assert helper.main(["configure", "GPU-1", "777"]) == 1
+    assert helper.main(["configure", "GPU-1", "777", str(helper.tmp / "nvshare.json")]) == 1
     assert "nvshare.json" in capsys.readouterr().err
-    assert helper.main(["reload", "GPU-1"]) == 2
+    assert helper.main(["reload", "GPU-1", "777"]) == 2
     assert "usage" in capsys.readouterr().err

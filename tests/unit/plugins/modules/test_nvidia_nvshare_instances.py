@@ -46,10 +46,11 @@ class FakeNode:
     def __init__(self, root):
         self.root = root
         self.socket_dir = str(root / "run" / "nvshare")
+        self.gpu_root = str(root / "run" / "nvshare-gpus")
         self.systemd_dir = str(root / "etc" / "systemd" / "system")
         self.proc = str(root / "proc")
         self.bin = root / "bin"
-        for path in (self.socket_dir, self.systemd_dir, self.proc, str(self.bin)):
+        for path in (self.socket_dir, self.gpu_root, self.systemd_dir, self.proc, str(self.bin)):
             os.makedirs(path)
         os.makedirs(str(root / "var"))
         os.symlink("../run", str(root / "var" / "run"))
@@ -79,7 +80,7 @@ class FakeNode:
         os.symlink(target, os.path.join(base, "root", self.socket_dir.lstrip("/")))
 
     def node(self, run):
-        return REAL_NODE(run, socket_dir=self.socket_dir, systemd_dir=self.systemd_dir, proc=self.proc,
+        return REAL_NODE(run, socket_dir=self.socket_dir, gpu_root=self.gpu_root, systemd_dir=self.systemd_dir, proc=self.proc,
                                   var_run=str(self.root / "var" / "run"), glibc=self.glibc,
                                   systemctl=str(self.bin / "systemctl"))
 
@@ -112,10 +113,10 @@ def test_one_scheduler_per_gpu_named_by_uuid_with_its_own_directory(sim, run, fa
     for index, scheduler in enumerate(result["schedulers"]):
         uuid = sim.gpu(index)["uuid"]
         assert scheduler["instance"] == uuid and scheduler["unit"] == "nvshare-scheduler@%s.service" % uuid
-        assert scheduler["directory"] == os.path.join(fake.socket_dir, uuid)
-        assert scheduler["socket"] == os.path.join(fake.socket_dir, uuid, "scheduler.sock")
+        assert scheduler["directory"] == os.path.join(fake.gpu_root, uuid)
+        assert scheduler["socket"] == os.path.join(fake.gpu_root, uuid, "scheduler.sock")
         assert scheduler["environment"] == {"CUDA_VISIBLE_DEVICES": uuid}
-        assert scheduler["bind"] == {"source": "/run/nvshare/" + uuid, "target": "/run/nvshare"}  # the unit's
+        assert scheduler["bind"] == {"source": "/run/nvshare-gpus/" + uuid, "target": "/run/nvshare"}  # the unit's
         assert not scheduler["running"] and not scheduler["configure_needed"] and not scheduler["restart_needed"]
     assert result["default_device"] == sim.gpu(0)["uuid"] and result["schedulers"][0]["default"]
     assert not result["changed"] and not result["stale_schedulers"]
@@ -139,7 +140,7 @@ def test_gpus_and_clients_by_bus_id_uuid_and_index(sim, run, fake):
     assert hub["service"] == "jupyterhub.service" and hub["instance"] == sim.gpu(1)["uuid"]
     assert hub["environment"] == {"LD_PRELOAD": "/usr/local/lib/libnvshare.so",
                                   "CUDA_VISIBLE_DEVICES": sim.gpu(1)["uuid"], "NVSHARE_ENABLE_SINGLE_OVERSUB": "1"}
-    assert hub["bind"] == {"source": "/run/nvshare/" + sim.gpu(1)["uuid"], "target": "/run/nvshare"}
+    assert hub["bind"] == {"source": "/run/nvshare-gpus/" + sim.gpu(1)["uuid"], "target": "/run/nvshare"}
     assert hub["unit"] == "nvshare-scheduler@%s.service" % sim.gpu(1)["uuid"]
     assert slurm["instance"] == uuid2 and "NVSHARE_ENABLE_SINGLE_OVERSUB" not in slurm["environment"]
     assert result["schedulers"][0]["clients"] == ["jupyterhub.service"]
@@ -286,7 +287,7 @@ def test_var_run_must_be_run(sim, run, fake):
 
 
 def applied(fake, uuid, **record):
-    directory = os.path.join(fake.socket_dir, uuid)
+    directory = os.path.join(fake.gpu_root, uuid)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "gpuops-applied.json"), "w") as handle:
         json.dump(record, handle)
@@ -296,7 +297,7 @@ def test_a_running_scheduler_is_left_alone_when_its_settings_were_applied_to_its
     sim.create("h100-80gb:2")
     uuid = sim.gpu(0)["uuid"]
     fake.unit("nvshare-scheduler@%s.service" % uuid, pid=4001)
-    fake.process(4001, {"CUDA_VISIBLE_DEVICES": uuid}, bound=os.path.join(fake.socket_dir, uuid))
+    fake.process(4001, {"CUDA_VISIBLE_DEVICES": uuid}, bound=os.path.join(fake.gpu_root, uuid))
     applied(fake, uuid, pid=4001, tq=45, anti_thrash="off", applied_at=1)
     result = plan(run, fake, tq=45, anti_thrash=False)
     first = result["schedulers"][0]
@@ -313,8 +314,8 @@ def test_start_time_drift_needs_a_restart(sim, run, fake):
     sim.create("h100-80gb:2")
     uuid0, uuid1 = sim.gpu(0)["uuid"], sim.gpu(1)["uuid"]
     fake.unit("nvshare-scheduler@%s.service" % uuid0, pid=4001)
-    os.makedirs(os.path.join(fake.socket_dir, uuid0))
-    fake.process(4001, {"CUDA_VISIBLE_DEVICES": uuid0}, bound=os.path.join(fake.socket_dir, uuid1),
+    os.makedirs(os.path.join(fake.gpu_root, uuid0))
+    fake.process(4001, {"CUDA_VISIBLE_DEVICES": uuid0}, bound=os.path.join(fake.gpu_root, uuid1),
                  exe="/usr/local/sbin/nvshare-scheduler (deleted)")
     result = plan(run, fake, debug=True)
     first = result["schedulers"][0]
@@ -330,7 +331,7 @@ def test_client_services_running_without_their_wiring_are_reported(sim, run, fak
     fake.process(5001, {"PATH": "/usr/bin"})
     fake.unit("slurmd.service", pid=5002)
     fake.process(5002, {"LD_PRELOAD": "/usr/local/lib/libnvshare.so", "CUDA_VISIBLE_DEVICES": uuid1},
-                 bound=os.path.join(fake.socket_dir, uuid1))
+                 bound=os.path.join(fake.gpu_root, uuid1))
     result = plan(run, fake, clients=[{"service": "jupyterhub", "device": 1},
                                       {"service": "slurmd", "device": 1, "restart": True}])
     hub, slurm = result["clients"]
@@ -351,7 +352,7 @@ def test_what_is_no_longer_wanted_is_listed_for_removal(sim, run, fake):
     os.makedirs(wants)
     os.symlink("/etc/systemd/system/nvshare-scheduler@.service",
                os.path.join(wants, "nvshare-scheduler@%s.service" % uuid1))
-    os.makedirs(os.path.join(fake.socket_dir, "GPU-0badc0de-0000-0000-0000-000000000000"))
+    os.makedirs(os.path.join(fake.gpu_root, "GPU-0badc0de-0000-0000-0000-000000000000"))
     for service in ("jupyterhub.service", "old.service"):
         os.makedirs(os.path.join(fake.systemd_dir, service + ".d"))
         with open(os.path.join(fake.systemd_dir, service + ".d", "50-gpuops-nvshare.conf"), "w") as handle:
@@ -367,7 +368,7 @@ def test_what_is_no_longer_wanted_is_listed_for_removal(sim, run, fake):
 
 
 def test_absent_lists_everything_and_needs_no_gpu(run, fake):
-    os.makedirs(os.path.join(fake.socket_dir, "GPU-0badc0de-0000-0000-0000-000000000000"))
+    os.makedirs(os.path.join(fake.gpu_root, "GPU-0badc0de-0000-0000-0000-000000000000"))
     fake.unit("nvshare-scheduler@GPU-11111111-0000-0000-0000-000000000000.service", active="failed")
     result = plan(run, fake, state="absent", archive=None, archive_checksum=None)
     assert not result.failed, result
@@ -395,7 +396,7 @@ def test_without_systemd_units_are_not_queried(sim, run, fake, monkeypatch):
     """The hardware evidence runs the planner in a container without systemd: nothing is running, nothing fails."""
     sim.create("h100-80gb:1")
     monkeypatch.setattr(_nvshare_plan, "Node", lambda run: REAL_NODE(
-        run, socket_dir=fake.socket_dir, systemd_dir=fake.systemd_dir, var_run=str(fake.root / "var" / "run"),
+        run, socket_dir=fake.socket_dir, gpu_root=fake.gpu_root, systemd_dir=fake.systemd_dir, var_run=str(fake.root / "var" / "run"),
         systemctl=""))
     result = plan(run, fake, clients=[{"service": "anything"}])
     assert not result.failed, result
