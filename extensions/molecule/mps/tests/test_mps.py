@@ -101,5 +101,5 @@ def test_daemon_count(host):
     # shared + bybus + 2 MIG devices, each with a live control daemon behind its pid file
     units = host.run("systemctl list-units --no-legend --plain --state=active 'gpuops-mps@*'").stdout.split("\n")
     assert len([u for u in units if u.strip()]) == 4
-    pids = host.run("cat /run/nvidia-mps/*/nvidia-cuda-mps-control.pid").stdout.split()
+    pids = host.run("for f in /run/nvidia-mps/*/nvidia-cuda-mps-control.pid; do cat $f; echo; done").stdout.split()
     assert len(pids) == 4 and all(host.file("/proc/%s" % pid).is_directory for pid in pids)
