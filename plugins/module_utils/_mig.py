@@ -138,25 +138,79 @@ def validate_desired(params):
 def desired_targets(session, desired):
     """The engine Targets for a validate_desired() dict: the selected GPUs with the layout, or with the
     entry of the mig-parted config that selects each (GPUs no entry selects are left out)."""
+    return select_targets(session, desired).targets
+
+
+class Selection:
+    """What a desired state selects on this host: `targets`, and for a mig-parted config `entries` (per entry of
+    the config, the GPUs it selected) and `warnings` (an entry that selects no GPU, or no GPU at all)."""
+
+    def __init__(self, targets, entries=None, warnings=None):
+        self.targets = targets
+        self.entries = entries
+        self.warnings = list(warnings or [])
+
+    def report(self):
+        """The result keys a front end adds: `config_entries` (config files only) and `warnings`."""
+        result = {"warnings": list(self.warnings)}
+        if self.entries is not None:
+            result["config_entries"] = self.entries
+        return result
+
+
+def select_targets(session, desired):
+    """desired_targets() with what the selection found (Selection): which GPUs each config entry selected, and a
+    warning naming each entry that selects none (a filter for GPUs this host does not have, or a typo in an index),
+    and one when nothing is selected at all."""
     gpus = session.select(desired["devices"], desired["device_filter"])
     if desired["config_file"] is None:
-        return [Target(gpu, desired["mode"] or "enabled", desired["layout"]) for gpu in gpus]
+        warnings = [] if gpus else ["no GPU was selected (devices %s, device_filter %s select none); %s"
+                                    % (desired["devices"], desired["device_filter"] or "none", session.inventory())]
+        return Selection([Target(gpu, desired["mode"] or "enabled", desired["layout"]) for gpu in gpus],
+                         warnings=warnings)
     source, name = desired["config_file"], desired["config_name"]
     document = desired.get(CONFIG_DOCUMENT)
     configs = mig_config.load(source) if document is None else mig_config.validate(document, source)
     entries = mig_config.select_config(configs, name, source)
-    return [Target(gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"], source=name)
-            for gpu, entry in mig_config.targets_for(entries, gpus, name or "config")]
+    label = name if name is not None else list(configs)[0]
+    chosen, selected = mig_config.match_entries(entries, gpus, label)
+    report, warnings = [], []
+    for position, entry in enumerate(entries):
+        report.append({"entry": position, "device_filter": entry["device_filter"], "devices": entry["devices"],
+                       "mig_enabled": entry["mig_enabled"], "selected": selected[position]})
+        if not selected[position]:
+            warnings.append("entry %d of config %s (%s) selects no GPU here; the GPUs it could select: %s. If that "
+                            "is not intended, check its device-filter and devices"
+                            % (position, label, mig_config.describe_entry(entry), _gpu_ids_text(gpus)))
+    if not chosen:
+        warnings.append("no GPU was selected: no entry of config %s selects any of %s" % (label, _gpu_ids_text(gpus)))
+    targets = [Target(gpu, "enabled" if entry["mig_enabled"] else "disabled", entry["mig_devices"], source=label,
+                      entry=position) for gpu, position, entry in chosen]
+    return Selection(targets, report, warnings)
+
+
+def _gpu_ids_text(gpus):
+    if not gpus:
+        return "none (devices / device_filter select no GPU)"
+    return ", ".join("GPU %d (%s, %s)" % (gpu.index, gpu.name, gpu.pci_device_id) for gpu in gpus)
 
 
 class Target:
-    """What one GPU should look like: mode `enabled|disabled`, layout dict (None or {} = mode only)."""
+    """What one GPU should look like: mode `enabled|disabled`, layout dict (None or {} = mode only); `source` and
+    `entry` name the config and the entry of a mig-parted file it comes from."""
 
-    def __init__(self, gpu, mode, layout=None, source=None):
+    def __init__(self, gpu, mode, layout=None, source=None, entry=None):
         self.gpu = gpu
         self.mode = mode
         self.layout = layout or {}
         self.source = source
+        self.entry = entry
+
+    def where(self):
+        """`entry 1 of config mixed` for a target from a config file, else None."""
+        if self.source is None:
+            return None
+        return "entry %s of config %s" % (self.entry, self.source) if self.entry is not None else "config %s" % self.source
 
 
 class Options:
@@ -180,13 +234,25 @@ class Options:
 # -- host lock -----------------------------------------------------------------------------------------
 
 class HostLock:
-    """fcntl.flock on a host-wide file, so two runs never reconfigure MIG at once."""
+    """fcntl.flock on a host-wide file, so two runs never reconfigure MIG at once.
 
-    def __init__(self, path=None, timeout=300, poll=0.1):
+    With `required=False` (check mode, which writes nothing), a lock file the user may not create or open (a
+    non-root user and root's lock) is not an error: the run goes on unlocked and `skipped` says why.
+    """
+
+    def __init__(self, path=None, timeout=300, poll=0.1, required=True):
         self.path = path or os.environ.get(LOCK_FILE_ENV) or DEFAULT_LOCK_FILE
         self.timeout = timeout
         self.poll = poll
+        self.required = required
+        self.skipped = None
         self.fd = None
+
+    def _cannot(self, message, exc):
+        if not self.required and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            self.skipped = "%s: %s" % (message, exc.strerror)
+            return True
+        raise MigError("%s: %s" % (message, exc), kind="lock")
 
     def __enter__(self):
         directory = os.path.dirname(self.path)
@@ -194,12 +260,13 @@ class HostLock:
             try:
                 os.makedirs(directory, 0o755)
             except OSError as exc:
-                if exc.errno != errno.EEXIST:
-                    raise MigError("cannot create the lock directory %s: %s" % (directory, exc), kind="lock")
+                if exc.errno != errno.EEXIST and self._cannot("cannot create the lock directory %s" % directory, exc):
+                    return self
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise MigError("cannot open the MIG lock file %s: %s" % (self.path, exc), kind="lock")
+            if self._cannot("cannot open the MIG lock file %s" % self.path, exc):
+                return self
         deadline = time.time() + self.timeout
         while True:
             try:
@@ -208,6 +275,7 @@ class HostLock:
             except (IOError, OSError) as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(self.fd)
+                    self.fd = None
                     raise MigError("cannot lock %s: %s" % (self.path, exc), kind="lock")
                 if time.time() >= deadline:
                     os.close(self.fd)
@@ -222,6 +290,13 @@ class HostLock:
         except OSError:
             pass
         return self
+
+    def warning(self):
+        """The warning for a check-mode run that went on without the lock, or None."""
+        if self.skipped is None:
+            return None
+        return ("check mode read the GPUs without the host MIG lock (%s), so a reconfiguration running at the same "
+                "time could make the plan stale; the real run takes the lock (and needs root)" % self.skipped)
 
     def __exit__(self, exc_type, exc_value, tb):
         if self.fd is not None:
@@ -317,7 +392,8 @@ class GpuWork:
         self.reset_required = False
         self.reboot_required = False
         self.layout_deferred = False
-        self.predicted = None
+        self.reset_done = False
+        self.reset_problem = None
 
     @property
     def steps(self):
@@ -375,33 +451,84 @@ def _destroy_all_plan(state):
     return plan
 
 
+# Where a refusal names the GPU: plan_work() writes its messages around this mark, so that apply() can say a
+# refusal that several GPUs share once, with the list of GPUs (`GPUs 0-7 (NVIDIA H100 80GB HBM3)`).
+_WHERE = "\x00where\x00"
+
+
+class _Refusal(MigError):
+    """A GPU that cannot take its target (nothing written): the message, and its template around _WHERE."""
+
+    def __init__(self, template, kind, target):
+        self.template = template
+        self.target = target
+        super(_Refusal, self).__init__(template.replace(_WHERE, _where([target])), kind=kind)
+
+
+def _ranges(numbers):
+    """[0, 1, 2, 3, 5] -> `0-3, 5`."""
+    parts, numbers = [], sorted(numbers)
+    start = previous = numbers[0]
+    for number in numbers[1:] + [None]:
+        if number is not None and number == previous + 1:
+            previous = number
+            continue
+        parts.append(str(start) if start == previous else "%d-%d" % (start, previous))
+        start = previous = number
+    return ", ".join(parts)
+
+
+def _where(targets):
+    """One GPU: `GPU 0 (NVIDIA H100 80GB HBM3, 00000000:18:00.0)`; several: `GPUs 0-7 (NVIDIA H100 80GB HBM3)`;
+    with the config entry the targets come from."""
+    gpus = [t.gpu for t in targets]
+    if len(gpus) == 1:
+        text = gpus[0].describe()
+    else:
+        names = []
+        for gpu in gpus:
+            if gpu.name not in names:
+                names.append(gpu.name)
+        if len(names) == 1:
+            text = "GPUs %s (%s)" % (_ranges([g.index for g in gpus]), names[0])
+        else:
+            text = "GPUs %s" % ", ".join("%d (%s)" % (g.index, g.name) for g in gpus)
+    sources = []
+    for target in targets:
+        if target.where() is not None and target.where() not in sources:
+            sources.append(target.where())
+    return text + (" [%s]" % "; ".join(sources) if sources else "")
+
+
 def plan_work(session, target, options):
     """Read one GPU and decide its steps; raises MigError for invalid targets (nothing written)."""
     gpu = target.gpu
     work = GpuWork(gpu, target)
-    where = gpu.describe()
     mode = read_mode(session, gpu)
     want = 1 if target.mode == "enabled" else 0
-    check_mode_and_layout(target.mode, target.layout, where)
+    try:
+        check_mode_and_layout(target.mode, target.layout, _WHERE)
+    except MigError as exc:
+        raise _Refusal(exc.message, exc.kind, target)
     if mode is None:
         work.state = {"mode": None, "instances": []}
         work.catalog = planner.Catalog([])
         if want:
-            raise MigError("%s does not support MIG; select only MIG-capable GPUs (devices / device_filter)"
-                           % where, kind="not_supported")
+            raise _Refusal("%s does not support MIG; select only MIG-capable GPUs (devices / device_filter)" % _WHERE,
+                           "not_supported", target)
         return work
     work.catalog = planner.Catalog(gpu_instance_profiles(session, gpu))
     work.state = snapshot(session, gpu, work.catalog)
     work.resetless = resetless(session, gpu)
     if target.layout:
         try:
-            work.specs = planner.expand_layout(work.catalog, target.layout, where)
+            work.specs = planner.expand_layout(work.catalog, target.layout, _WHERE)
         except planner.LayoutError as exc:
-            raise MigError(exc.message, kind=exc.kind)
-        reason = planner.explain_infeasible(work.catalog, work.specs, "this GPU")
+            raise _Refusal(exc.message, exc.kind, target)
+        reason = planner.explain_infeasible(work.catalog, work.specs, "the GPU")
         if reason:
-            raise MigError("layout %s cannot fit on %s: %s" % (_layout_text(target.layout), where, reason),
-                           kind="does_not_fit")
+            raise _Refusal("layout %s cannot fit on %s: %s" % (_layout_text(target.layout), _WHERE, reason),
+                           "does_not_fit", target)
     work.processes = session.compute_processes(gpu.handle, gpu)
 
     current, pending = mode
@@ -425,9 +552,9 @@ def plan_work(session, target, options):
     if want and target.layout:
         current_instances = work.state["instances"] if current == 1 else []
         try:
-            work.layout_plan = planner.plan_gpu(work.catalog, current_instances, work.specs, where)
+            work.layout_plan = planner.plan_gpu(work.catalog, current_instances, work.specs, _WHERE)
         except planner.LayoutError as exc:
-            raise MigError(exc.message, kind=exc.kind)
+            raise _Refusal(exc.message, exc.kind, target)
         work.layout_steps = _layout_steps(work, work.layout_plan)
         if work.reset_required:
             work.layout_deferred = bool(work.layout_steps)
@@ -441,10 +568,10 @@ def _check_busy(work, mode_change, options):
     processes = work.processes
     if not processes:
         return
-    where = work.gpu.describe()
+    target = work.target
     if mode_change or work.needs_reset:
-        raise MigError("cannot change the MIG mode of %s: compute processes use it: %s; stop them first"
-                       % (where, _process_text(processes)), kind="busy")
+        raise _Refusal("cannot change the MIG mode of %s: compute processes use it: %s; stop them first"
+                       % (_WHERE, _process_text(processes)), "busy", target)
     doomed = set()
     for step in work.steps:
         if step["action"] == "destroy_compute_instance":
@@ -456,12 +583,12 @@ def _check_busy(work, mode_change, options):
     if not doomed:
         return
     if hit:
-        raise MigError("cannot reconfigure %s: compute processes run on MIG devices that must be destroyed: %s; "
-                       "stop them first" % (where, _process_text(hit)), kind="busy")
+        raise _Refusal("cannot reconfigure %s: compute processes run on MIG devices that must be destroyed: %s; "
+                       "stop them first" % (_WHERE, _process_text(hit)), "busy", target)
     if not options.allow_busy_kept_instances:
-        raise MigError("cannot reconfigure %s while compute processes run on it: %s (they use only instances "
+        raise _Refusal("cannot reconfigure %s while compute processes run on it: %s (they use only instances "
                        "that are kept; set allow_busy_kept_instances to proceed anyway)"
-                       % (where, _process_text(processes)), kind="busy")
+                       % (_WHERE, _process_text(processes)), "busy", target)
 
 
 def _layout_text(layout):
@@ -642,73 +769,154 @@ def layout_signature(state):
                                   for gi in state["instances"]))
 
 
-def restore(session, work):
-    """Bring a GPU back to work.state (the snapshot); returns {restored, problems, steps}."""
-    gpu, before = work.gpu, work.state
-    writer = MigWriter(session, gpu)
-    problems = []
-    steps = []
+# -- rollback --------------------------------------------------------------------------------------------
 
-    def attempt(description, function, *args):
+def _reset_command(gpus):
+    return "nvidia-smi -r -i %s" % ",".join(gpu.bus_id for gpu in gpus)
+
+
+def _reopen(session, gpu):
+    """A GPU's handle again after a GPU reset."""
+    gpu.handle = session.call("nvmlDeviceGetHandleByUUID", gpu.uuid, what="reopen the GPU after the reset", gpu=gpu)
+
+
+class _Rollback:
+    """Brings one GPU back to its snapshot (work.state), in three phases so that the GPUs whose rollback needs a
+    GPU reset (an Ampere mode change that a reset already applied) share one `nvidia-smi -r`:
+
+    1. undo(): destroy the instances that are not in the snapshot, set the MIG mode back;
+    2. after_reset(problem): once the reset ran (or could not), re-read the mode and set a pending mode back;
+    3. recreate(): recreate the missing GIs, then their CIs, at their old placements; finish() reads it back.
+
+    Every NVML call is guarded: a failing write or read is recorded in `problems` and the rollback goes on.
+    """
+
+    def __init__(self, session, work):
+        self.session = session
+        self.work = work
+        self.gpu = work.gpu
+        self.before = work.state
+        self.writer = MigWriter(session, work.gpu)
+        self.problems = []
+        self.steps = []
+        self.recreated = 0
+        self.mode = None
+        self.command = None
+
+    def _attempt(self, description, function, *args):
         try:
             result = function(*args)
-            steps.append(description)
-            return True, result
         except NvmlError as exc:
-            problems.append("%s: %s" % (description, exc.message))
+            self.problems.append("%s: %s" % (description, exc.message))
+            return False, None
+        self.steps.append(description)
+        return True, result
+
+    def _read(self, function, *args):
+        try:
+            return True, function(*args)
+        except NvmlError as exc:
+            self.problems.append(exc.message)
             return False, None
 
-    try:
-        now = snapshot(session, gpu, work.catalog)
-    except NvmlError as exc:
-        return {"restored": False, "problems": ["cannot read %s: %s" % (gpu.describe(), exc.message)], "steps": []}
-    wanted = dict((_instance_key(gi), gi) for gi in before["instances"]) if before["mode"][0] else {}
-    for gi in now["instances"]:
-        keep = wanted.get(_instance_key(gi))
-        keep_cis = set(_ci_key(ci) for ci in keep["compute_instances"]) if keep else set()
-        handle = writer.gpu_instance(gi["id"]) if (keep is None or gi["compute_instances"]) else None
-        for ci in gi["compute_instances"]:
-            if _ci_key(ci) not in keep_cis:
-                attempt("destroy compute instance %s (GI %d, CI %d)" % (ci["profile"], gi["id"], ci["id"]),
-                        writer.destroy_compute_instance, handle, gi["id"], ci["id"], ci["profile"])
-        if keep is None:
-            attempt("destroy GPU instance %s (GI %d)" % (gi["profile"], gi["id"]),
-                    writer.destroy_gpu_instance, handle, gi["id"], gi["profile"])
-    current = read_mode(session, gpu)
-    if current != before["mode"]:
-        target = before["mode"][0] if current[0] != before["mode"][0] else before["mode"][1]
-        attempt("set MIG mode back to %s" % _mode_text(target), writer.set_mode, target)
-        current = read_mode(session, gpu)
-        if current[0] != before["mode"][0]:
-            problems.append("MIG mode is %s (pending %s), was %s: changing it back needs a GPU reset or reboot"
-                            % (_mode_text(current[0]), _mode_text(current[1]), _mode_text(before["mode"][0])))
-    if before["mode"][0] and current and current[0]:
-        now = snapshot(session, gpu, work.catalog)
+    def _read_mode(self):
+        ok, mode = self._read(read_mode, self.session, self.gpu)
+        if ok:
+            self.mode = mode
+        return ok
+
+    @property
+    def needs_reset(self):
+        return self.mode is not None and self.mode[0] != self.before["mode"][0]
+
+    def undo(self):
+        before = self.before
+        if self.work.reset_done and not self._read(_reopen, self.session, self.gpu)[0]:
+            return
+        ok, now = self._read(snapshot, self.session, self.gpu, self.work.catalog)
+        if not ok:
+            return
+        wanted = dict((_instance_key(gi), gi) for gi in before["instances"]) if before["mode"][0] else {}
+        for gi in now["instances"]:
+            keep = wanted.get(_instance_key(gi))
+            keep_cis = set(_ci_key(ci) for ci in keep["compute_instances"]) if keep else set()
+            doomed = [ci for ci in gi["compute_instances"] if _ci_key(ci) not in keep_cis]
+            if keep is not None and not doomed:
+                continue
+            ok, handle = self._read(self.writer.gpu_instance, gi["id"])
+            if not ok:
+                continue
+            for ci in doomed:
+                self._attempt("destroy compute instance %s (GI %d, CI %d)" % (ci["profile"], gi["id"], ci["id"]),
+                              self.writer.destroy_compute_instance, handle, gi["id"], ci["id"], ci["profile"])
+            if keep is None:
+                self._attempt("destroy GPU instance %s (GI %d)" % (gi["profile"], gi["id"]),
+                              self.writer.destroy_gpu_instance, handle, gi["id"], gi["profile"])
+        if not self._read_mode() or self.mode == before["mode"]:
+            return
+        target = before["mode"][0] if self.mode[0] != before["mode"][0] else before["mode"][1]
+        self._attempt("set MIG mode back to %s" % _mode_text(target), self.writer.set_mode, target)
+        self._read_mode()
+
+    def after_reset(self, problem):
+        before = self.before
+        if problem is None:
+            self.steps.append("reset the GPU (%s) to apply the MIG mode it had" % _reset_command([self.gpu]))
+            if not self._read(_reopen, self.session, self.gpu)[0] or not self._read_mode():
+                return
+            if self.mode[0] == before["mode"][0] and self.mode[1] != before["mode"][1]:
+                self._attempt("set the pending MIG mode back to %s" % _mode_text(before["mode"][1]),
+                              self.writer.set_mode, before["mode"][1])
+                self._read_mode()
+            if not self.needs_reset:
+                return
+            problem = "the mode did not change with the reset"
+        self.command = _reset_command([self.gpu])
+        self.problems.append("MIG mode is %s (pending %s), was %s: the rollback needs a GPU reset, but %s; finish "
+                             "the rollback with `%s` (or reboot the node)"
+                             % (_mode_text(self.mode[0]), _mode_text(self.mode[1]), _mode_text(before["mode"][0]),
+                                problem, self.command))
+
+    def recreate(self):
+        before = self.before
+        if not before["mode"][0] or not self._read_mode() or not self.mode[0]:
+            return
+        ok, now = self._read(snapshot, self.session, self.gpu, self.work.catalog)
+        if not ok:
+            return
         existing = dict((_instance_key(gi), gi) for gi in now["instances"])
         for gi in before["instances"]:
             have = existing.get(_instance_key(gi))
             have_cis = set(_ci_key(ci) for ci in have["compute_instances"]) if have else set()
+            missing = [ci for ci in gi["compute_instances"] if _ci_key(ci) not in have_cis]
             if have is None:
-                created, handle = attempt("recreate GPU instance %s at memory slices %s"
-                                          % (gi["profile"], _slices(gi["placement"])),
-                                          writer.create_gpu_instance, gi["profile"], gi["profile_id"],
-                                          gi["placement"])
-                if not created:
-                    continue
-            else:
-                handle = writer.gpu_instance(have["id"])
-            for ci in gi["compute_instances"]:
-                if _ci_key(ci) in have_cis:
-                    continue
-                attempt("recreate compute instance %s at compute slice(s) %s" % (ci["profile"],
-                                                                                 _slices(ci["placement"])),
-                        _recreate_ci, writer, handle, ci)
-    after = snapshot(session, gpu, work.catalog)
-    restored = layout_signature(after) == layout_signature(before)
-    if not restored and not problems:
-        problems.append("the GPU's instances differ from before")
-    return {"gpu": gpu.index, "restored": restored, "problems": problems, "steps": steps,
-            "instances": after["instances"]}
+                ok, handle = self._attempt("recreate GPU instance %s at memory slices %s"
+                                           % (gi["profile"], _slices(gi["placement"])),
+                                           self.writer.create_gpu_instance, gi["profile"], gi["profile_id"],
+                                           gi["placement"])
+            elif missing:
+                ok, handle = self._read(self.writer.gpu_instance, have["id"])
+            if not missing or not ok:
+                continue
+            for ci in missing:
+                if self._attempt("recreate compute instance %s at compute slice(s) %s"
+                                 % (ci["profile"], _slices(ci["placement"])), _recreate_ci, self.writer, handle,
+                                 ci)[0]:
+                    self.recreated += 1
+
+    def finish(self):
+        """{gpu, restored (True, False, or None when the GPU could not be read back), problems, steps, instances,
+        recreated_devices, command (what finishes an unfinished Ampere rollback)}; `state` is the GPU read back."""
+        ok, after = self._read(snapshot, self.session, self.gpu, self.work.catalog)
+        restored = None
+        if ok:
+            restored = layout_signature(after) == layout_signature(self.before)
+            if not restored and not self.problems:
+                self.problems.append("the GPU's instances differ from before")
+        self.state = after
+        return {"gpu": self.gpu.index, "restored": restored, "problems": self.problems, "steps": self.steps,
+                "instances": after["instances"] if ok else None, "recreated_devices": self.recreated,
+                "command": self.command}
 
 
 def _recreate_ci(writer, gi, ci):
@@ -716,42 +924,147 @@ def _recreate_ci(writer, gi, ci):
                                    ci["placement"])
 
 
+def restore_all(session, works, options=None):
+    """Roll every GPU of `works` back to its snapshot; returns [(rollback record, state read back or None)].
+
+    A GPU whose MIG mode a forward reset already changed (Ampere) needs another reset to go back: when the run's
+    reset policy allowed the forward reset, the rollback resets those GPUs too, all with one `nvidia-smi -r`;
+    otherwise its record names the command that finishes the rollback.
+    """
+    rollbacks = [_Rollback(session, work) for work in works]
+    for rollback in rollbacks:
+        rollback.undo()
+    pending = [r for r in rollbacks if r.needs_reset]
+    if pending:
+        if options is None or options.reset != "if_needed":
+            problem = "the reset policy (reset: never) does not allow one"
+        else:
+            problem = _run_reset(options, [r.gpu for r in pending])
+        for rollback in pending:
+            rollback.after_reset(problem)
+    for rollback in rollbacks:
+        rollback.recreate()
+    return [(rollback.finish(), rollback.state) for rollback in rollbacks]
+
+
+def restore(session, work, options=None):
+    """Bring one GPU back to work.state (the snapshot); returns the rollback record (see restore_all)."""
+    return restore_all(session, [work], options)[0][0]
+
+
 # -- the whole run ---------------------------------------------------------------------------------------
 
-def _reset(session, works, options):
-    """nvidia-smi -r -i BUS_IDS for GPUs whose mode change is pending; returns an error text or None."""
-    bus_ids = [w.gpu.bus_id for w in works]
+NOT_ROOT = ("check mode ran as a non-root user (uid %d): reading the GPUs needs no root, but the real run does, to take "
+            "the host lock and to change MIG (use become)")
+
+
+def _run_reset(options, gpus):
+    """`nvidia-smi -r -i BUS,...`; returns None, or what went wrong."""
+    bus_ids = [gpu.bus_id for gpu in gpus]
     if not options.nvidia_smi or options.run_command is None:
         return "nvidia-smi was not found, so the GPU(s) %s cannot be reset" % ", ".join(bus_ids)
     argv = [options.nvidia_smi, "-r", "-i", ",".join(bus_ids)]
     rc, out, err = options.run_command(argv)
     if rc != 0:
         return "`%s` failed (rc=%s): %s" % (" ".join(argv), rc, (err or out or "").strip())
-    for work in works:
-        work.gpu.handle = session.call("nvmlDeviceGetHandleByUUID", work.gpu.uuid,
-                                       what="reopen the GPU after the reset", gpu=work.gpu)
     return None
 
 
-def _gpu_result(work, after_state, executed):
+def _reset(session, works, options):
+    """nvidia-smi -r -i BUS_IDS for GPUs whose mode change is pending; returns an error text or None."""
+    problem = _run_reset(options, [w.gpu for w in works])
+    if problem is None:
+        for work in works:
+            work.reset_done = True
+        for work in works:
+            _reopen(session, work.gpu)
+    return problem
+
+
+def _read_back(session, work):
+    """(state, None), or (None, NvmlError) when the GPU cannot be read after its steps."""
+    try:
+        return snapshot(session, work.gpu, work.catalog), None
+    except NvmlError as exc:
+        return None, exc
+
+
+def _device(gi, ci, gi_size=None, gi_profile=None):
+    """One MIG device (a CI) or an empty GI, for gpus[].mig_devices."""
+    gi_placement = gi["placement"] if gi_size is None else _placement(gi["placement"]["start"], gi_size)
+    return {"profile": ci["profile"] if ci else gi.get("profile", gi_profile),
+            "gpu_instance_profile": gi.get("profile", gi_profile), "gpu_instance_id": gi.get("id"),
+            "gpu_instance_placement": gi_placement, "compute_instance_id": ci.get("id") if ci else None,
+            "placement": ci["placement"] if ci else None, "uuid": ci.get("uuid") if ci else None}
+
+
+def _device_changes(work, after_state):
+    """{kept, destroyed, created}: the MIG devices (CIs, and GIs without CIs) the plan keeps (same MIG UUID: their
+    clients are not disturbed), destroys and creates. Created devices have their UUIDs when `after_state` (the GPU
+    read back after a real run) is given, else None."""
+    state = work.state
+    before = state["instances"] if state["mode"] and state["mode"][0] else []
+    doomed_cis, doomed_gis = set(), set()
+    for step in work.steps:
+        if step["action"] == "destroy_compute_instance":
+            doomed_cis.add((step["gpu_instance_id"], step["compute_instance_id"]))
+        elif step["action"] == "destroy_gpu_instance":
+            doomed_gis.add(step["gpu_instance_id"])
+    kept, destroyed, created = [], [], []
+    for gi in before:
+        for ci in gi["compute_instances"]:
+            (destroyed if (gi["id"], ci["id"]) in doomed_cis else kept).append(_device(gi, ci))
+        if not gi["compute_instances"]:
+            (destroyed if gi["id"] in doomed_gis else kept).append(_device(gi, None))
+    if after_state is not None:
+        known = set(ci["uuid"] for gi in before for ci in gi["compute_instances"])
+        kept_gis = set(gi["id"] for gi in before if gi["id"] not in doomed_gis)
+        for gi in after_state["instances"]:
+            for ci in gi["compute_instances"]:
+                if ci["uuid"] not in known:
+                    created.append(_device(gi, ci))
+            if not gi["compute_instances"] and gi["id"] not in kept_gis:
+                created.append(_device(gi, None))
+        return {"kept": kept, "destroyed": destroyed, "created": created}
+    kept_ids = dict((gi["placement"]["start"], gi["id"]) for gi in before if gi["id"] not in doomed_gis)
+    for step in work.steps:
+        if step["action"] == "create_compute_instance":
+            gi = {"profile": step["gpu_instance_profile"], "id": kept_ids.get(step["gpu_instance_start"]),
+                  "placement": _placement(step["gpu_instance_start"], 0)}
+            ci = {"profile": step["profile"], "id": None, "placement": step["placement"], "uuid": None}
+            created.append(_device(gi, ci, gi_size=work.catalog.size(step["gpu_instance_profile"])))
+    return {"kept": kept, "destroyed": destroyed, "created": created}
+
+
+def _gpu_result(work, after_state, executed, changed=None, confirmed=True, devices=True):
+    """One entry of `gpus`. `after_state` None: the GPU could not be read back (after null). `changed` defaults
+    to whether steps ran; `confirmed` False: `after` is the planned state, not read back."""
     gpu, catalog = work.gpu, work.catalog
-    return {
+    result = {
         "index": gpu.index,
         "uuid": gpu.uuid,
         "bus_id": gpu.bus_id,
         "name": gpu.name,
         "pci_device_id": gpu.pci_device_id,
         "config_entry": work.target.source,
-        "changed": bool(executed),
+        "config_entry_index": work.target.entry,
+        "changed": bool(executed) if changed is None else changed,
+        "confirmed": confirmed,
         "before": describe_layout(work.state, catalog),
-        "after": describe_layout(after_state, catalog),
+        "after": describe_layout(after_state, catalog) if after_state is not None else None,
         "plan": work.steps,
         "executed": executed,
         "reset_required": work.reset_required,
         "reboot_required": work.reboot_required,
         "layout_applied": not work.layout_deferred,
-        "slice_map": {"before": render_map(gpu, work.state, catalog), "after": render_map(gpu, after_state, catalog)},
+        "mig_devices": _device_changes(work, after_state if confirmed else None) if devices else None,
+        "slice_map": {"before": render_map(gpu, work.state, catalog),
+                      "after": render_map(gpu, after_state, catalog) if after_state is not None
+                      else "GPU%d %-24s [not read back]" % (gpu.index, gpu.name)},
     }
+    if work.reset_problem:
+        result["reset_problem"] = work.reset_problem
+    return result
 
 
 def _predicted_state(work):
@@ -760,35 +1073,68 @@ def _predicted_state(work):
         return state
     want = 1 if work.target.mode == "enabled" else 0
     current, pending = state["mode"]
-    if want != current and not work.resetless and not work.needs_reset:
+    if want != current and not work.resetless and (work.reset_required or not work.needs_reset):
         return {"mode": (current, want), "instances": [] if not want else state["instances"]}
     if not want:
         return {"mode": (0, 0), "instances": []}
-    if work.layout_plan is not None:
+    if work.layout_plan is not None and not work.layout_deferred:
         return {"mode": (1, 1), "instances": planner.predicted_instances(work.catalog, work.layout_plan)}
     return {"mode": (1, 1), "instances": state["instances"] if current else []}
 
 
-def apply(session, targets, options):
-    """Validate and plan every target, then (unless check mode) execute; returns the result dict."""
-    works, errors = [], []
+def _plan_all(session, targets, options):
+    """GpuWork for every target, or one MigError for all the refusals (a refusal shared by several GPUs is said
+    once, with the list of GPUs); nothing is written."""
+    works, refusals = [], []
     for target in targets:
         try:
             works.append(plan_work(session, target, options))
         except MigError as exc:
-            errors.append(exc)
-    if errors:
-        kinds = sorted(set(e.kind for e in errors))
-        raise MigError("; ".join(e.message for e in errors) + " (nothing was changed)",
-                       kind=kinds[0] if len(kinds) == 1 else "invalid")
+            refusals.append(exc)
+        except NvmlError as exc:
+            raise NvmlError("%s (nothing was changed)" % exc.message, kind=exc.kind, nvml_code=exc.nvml_code)
+    if not refusals:
+        return works
+    groups = []
+    for exc in refusals:
+        template = getattr(exc, "template", None)
+        for group in groups:
+            if template is not None and (group["kind"], group["template"]) == (exc.kind, template):
+                group["targets"].append(exc.target)
+                break
+        else:
+            groups.append({"kind": exc.kind, "template": template, "message": exc.message,
+                           "targets": [exc.target] if template is not None else []})
+    messages = [g["template"].replace(_WHERE, _where(g["targets"])) if g["template"] is not None else g["message"]
+                for g in groups]
+    kinds = sorted(set(e.kind for e in refusals))
+    refused = [{"gpu": e.target.gpu.index, "error_kind": e.kind} for e in refusals if getattr(e, "target", None)]
+    raise MigError("; ".join(messages) + " (nothing was changed)", kind=kinds[0] if len(kinds) == 1 else "invalid",
+                   result={"refused": refused})
+
+
+def apply(session, targets, options):
+    """Validate and plan every target, then (unless check mode) execute; returns the result dict.
+
+    Nothing is written unless every target is valid. A failure part-way rolls back the GPUs whose plan was under
+    way; the MigError's result then says per GPU whether it changed. A GPU that cannot be read back after its
+    steps ran fails the run with changed true and its planned state (confirmed false).
+    """
+    works = _plan_all(session, targets, options)
     if options.check_mode:
         results = []
         for work in works:
             if work.needs_reset and not options.nvidia_smi:
                 work.reboot_required = True
             results.append(_gpu_result(work, _predicted_state(work), work.steps))
-        return _summary(results)
+        summary = _summary(results)
+        if os.geteuid() != 0:
+            summary["warnings"] = [NOT_ROOT % os.geteuid()]
+        return summary
+    return _execute(session, works, options)
 
+
+def _execute(session, works, options):
     executors = dict((w.gpu.index, _Executor(session, w)) for w in works)
     complete = set()
     running = None
@@ -821,53 +1167,135 @@ def apply(session, targets, options):
                 executors[work.gpu.index].run(step)
             complete.add(work.gpu.index)
     except NvmlError as exc:
-        rollbacks = []
-        for work in reversed(works):
-            executor = executors[work.gpu.index]
-            if executor.done and work.gpu.index not in complete:
-                rollbacks.append(restore(session, work))
-        lines = [exc.message]
-        if running is not None and not executors[running.gpu.index].done:
-            lines.append("GPU %d is as it was (the failing step was its first change)" % running.gpu.index)
-        for rollback in rollbacks:
-            if rollback["restored"]:
-                lines.append("GPU %d was rolled back and is as it was (%d step(s) undone; recreated MIG devices "
-                             "have new UUIDs)" % (rollback["gpu"], len(rollback["steps"])))
-            else:
-                problems = "; ".join(rollback["problems"])
-                lines.append("GPU %d could NOT be fully restored: %s" % (rollback["gpu"], problems))
-        done_gpus = sorted(i for i in complete if executors[i].done)
-        if done_gpus:
-            lines.append("GPU(s) %s were reconfigured completely before the failure and keep the new layout"
-                         % ", ".join(str(i) for i in done_gpus))
-        results = [_gpu_result(w, snapshot(session, w.gpu, w.catalog) if w.state["mode"] is not None else w.state,
-                               executors[w.gpu.index].done) for w in works]
-        summary = _summary(results)
-        summary["rollback"] = rollbacks
-        summary["failed_gpu"] = running.gpu.index if running is not None else None
-        raise MigError(". ".join(lines), kind=exc.kind, result=summary, nvml_code=exc.nvml_code)
+        raise _failure(session, works, executors, complete, running, exc, options)
 
-    results = []
+    results, unconfirmed = [], []
     for work in works:
         executed = executors[work.gpu.index].done
-        after = snapshot(session, work.gpu, work.catalog) if executed else work.state
-        result = _gpu_result(work, after, executed)
-        if getattr(work, "reset_problem", None):
-            result["reset_problem"] = work.reset_problem
-        results.append(result)
-    return _summary(results)
+        after, error = _read_back(session, work) if executed else (work.state, None)
+        if error is not None:
+            unconfirmed.append((work, error))
+            results.append(_gpu_result(work, _predicted_state(work), executed, confirmed=False))
+        else:
+            results.append(_gpu_result(work, after, executed))
+    summary = _summary(results)
+    if unconfirmed:
+        lines = ["%s was changed (all %d planned step(s) ran) but could not be read back to confirm it: %s"
+                 % (work.gpu.describe(), len(executors[work.gpu.index].done), error.message)
+                 for work, error in unconfirmed]
+        confirmed = [r["index"] for r in results if r["changed"] and r["confirmed"]]
+        if confirmed:
+            lines.append("GPU(s) %s were reconfigured and keep the new layout (read back)"
+                         % ", ".join(str(index) for index in confirmed))
+        lines.append("the result's `after` is the planned state where it says confirmed: false; run again to verify")
+        first = unconfirmed[0][1]
+        raise MigError(". ".join(lines), kind=first.kind, result=summary, nvml_code=first.nvml_code)
+    return summary
+
+
+def _failure(session, works, executors, complete, running, exc, options):
+    """The MigError for an NVML failure part-way: roll back the GPUs whose plan was under way, then say per GPU
+    what it is now (as it was, rolled back, not fully restored, or reconfigured completely)."""
+    started = [w for w in reversed(works)
+               if (executors[w.gpu.index].done or w.reset_done) and w.gpu.index not in complete]
+    rolled = dict((record["gpu"], (record, state)) for record, state in restore_all(session, started, options))
+    results, lines, untouched, completed = [], [exc.message], [], []
+    if running is not None and not executors[running.gpu.index].done:
+        lines.append("GPU %d is as it was (the failing step was its first change)" % running.gpu.index)
+    for work in works:
+        index = work.gpu.index
+        done = executors[index].done
+        if index in rolled:
+            record, state = rolled[index]
+            result = _gpu_result(work, state, done, changed=record["restored"] is not True, devices=False)
+            result["rolled_back"] = True
+            results.append(result)
+        elif done:
+            after, error = _read_back(session, work)
+            if error is None:
+                results.append(_gpu_result(work, after, done))
+            else:
+                results.append(_gpu_result(work, _predicted_state(work), done, confirmed=False))
+            completed.append((index, error))
+        else:
+            results.append(_gpu_result(work, work.state, [], changed=False, devices=False))
+            if running is None or index != running.gpu.index:
+                untouched.append(index)
+    rollbacks = []
+    for work in reversed(works):
+        if work.gpu.index not in rolled:
+            continue
+        record = rolled[work.gpu.index][0]
+        rollbacks.append(record)
+        recreated = record["recreated_devices"]
+        renewed = "; its %d recreated MIG device(s) have new UUIDs" % recreated if recreated else ""
+        if record["restored"] is True:
+            lines.append("GPU %d was rolled back and is as it was (%d step(s) undone%s)"
+                         % (record["gpu"], len(record["steps"]), renewed))
+        elif record["restored"] is None:
+            lines.append("GPU %d was rolled back (%d step(s) undone%s) but could not be read back to confirm that it "
+                         "is as it was: %s" % (record["gpu"], len(record["steps"]), renewed,
+                                               "; ".join(record["problems"])))
+        else:
+            lines.append("GPU %d could NOT be fully restored%s: %s" % (record["gpu"], renewed,
+                                                                       "; ".join(record["problems"])))
+    if completed:
+        lines.append("GPU(s) %s were reconfigured completely before the failure and keep the new layout"
+                     % ", ".join(str(index) for index, _unused in completed))
+        lines.extend("GPU %d could not be read back to confirm it: %s" % (index, error.message)
+                     for index, error in completed if error is not None)
+    if untouched:
+        lines.append("GPU(s) %s were not changed" % ", ".join(str(index) for index in untouched))
+    summary = _summary(results)
+    summary["rollback"] = rollbacks
+    summary["failed_gpu"] = running.gpu.index if running is not None else None
+    return MigError(". ".join(lines), kind=exc.kind, result=summary, nvml_code=exc.nvml_code)
+
+
+def _diff_lines(result):
+    """What the diff says about one GPU: the MIG devices kept (same UUID), destroyed and created."""
+    devices = result["mig_devices"]
+    if not result["plan"] or devices is None:
+        return []
+    before, after = result["before"], result["after"] or {}
+    head = "GPU %d %s (%s):" % (result["index"], result["name"], result["bus_id"])
+    if before["mig_mode"] != after.get("mig_mode") or before["mig_mode_pending"] != after.get("mig_mode_pending"):
+        head += " MIG mode %s -> %s%s;" % (before["mig_mode"], after.get("mig_mode"),
+                                           " (pending %s: needs a GPU reset)" % after.get("mig_mode_pending")
+                                           if after.get("mig_mode") != after.get("mig_mode_pending") else "")
+    head += " %d MIG device(s) kept, %d destroyed, %d created" % (len(devices["kept"]), len(devices["destroyed"]),
+                                                                  len(devices["created"]))
+    lines = [head]
+    for verb, items, note in (("keep", devices["kept"], "same UUID: its clients are not disturbed"),
+                              ("destroy", devices["destroyed"], None), ("create", devices["created"], None)):
+        for item in items:
+            where = "GI %s at memory slices %s" % (item["gpu_instance_id"] if item["gpu_instance_id"] is not None
+                                                   else "(new)", _slices(item["gpu_instance_placement"]))
+            if item["placement"] is None:
+                where += ", no compute instance"
+            else:
+                where += ", CI %s" % (item["compute_instance_id"] if item["compute_instance_id"] is not None else "(new)")
+            uuid = item["uuid"] or ("new UUID" if verb == "create" else "no UUID")
+            lines.append("  %-8s %-14s %-46s %s%s" % (verb, item["profile"], where, uuid, " (%s)" % note if note else ""))
+    if result["layout_applied"] is False:
+        lines.append("  the layout is applied once the pending MIG mode takes effect (GPU reset or reboot)")
+    return lines
 
 
 def _summary(results):
     plan = [step for r in results for step in r["plan"]]
+    prepared = [line for r in results for line in _diff_lines(r)]
+    diff = {
+        "before": "".join(r["slice_map"]["before"] + "\n" for r in results),
+        "after": "".join(r["slice_map"]["after"] + "\n" for r in results),
+    }
+    if prepared:
+        diff["prepared"] = "".join(line + "\n" for line in prepared)
     return {
         "changed": any(r["changed"] for r in results),
         "gpus": results,
         "plan": plan,
         "reset_required": any(r["reset_required"] for r in results),
         "reboot_required": any(r["reboot_required"] for r in results),
-        "diff": {
-            "before": "".join(r["slice_map"]["before"] + "\n" for r in results),
-            "after": "".join(r["slice_map"]["after"] + "\n" for r in results),
-        },
+        "diff": diff,
     }

@@ -22,7 +22,7 @@ __metaclass__ = type
 import json
 import traceback
 
-from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError, check_device_filter
 
 try:
     import yaml
@@ -71,14 +71,23 @@ def parse(text, source="config file"):
     return validate(parse_document(text, source), source)
 
 
+def decode(data, source="config file"):
+    """The text of a config file's bytes; ConfigError naming the file unless they are UTF-8 (a BOM is allowed)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("%s is not UTF-8 text (byte 0x%02X at offset %d is not valid UTF-8): a mig-parted config "
+                          "is a YAML (or JSON) text file" % (source, bytearray(data)[exc.start], exc.start))
+
+
 def read(path):
     """The YAML document of the mig-parted config file `path`, not yet validated."""
     try:
-        with open(path) as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except (IOError, OSError) as exc:
         raise ConfigError("cannot read mig-parted config %s: %s" % (path, exc))
-    return parse_document(text, path)
+    return parse_document(decode(data, path), path)
 
 
 def load(path):
@@ -126,6 +135,11 @@ def _entry(entry, where):
             device_filter = [device_filter]
         if not isinstance(device_filter, list) or not all(isinstance(f, str) for f in device_filter):
             raise ConfigError("%s: device-filter must be a string or a list of strings such as 0x233010DE" % where)
+        try:
+            # the same rule as the device_filter option: a value that is no PCI id would silently select nothing
+            device_filter = check_device_filter(device_filter, "%s: device-filter" % where)
+        except GpuopsError as exc:
+            raise ConfigError(exc.message)
     devices = entry["devices"]
     if devices != "all":
         if not isinstance(devices, list) or not devices or not all(_int(d) and d >= 0 for d in devices):
@@ -163,10 +177,16 @@ def select_config(configs, name, source="config file"):
     return configs[name]
 
 
-def targets_for(entries, gpus, config_name="config"):
-    """[(gpu, entry)] for the GPUs the entries select; a GPU selected by two entries is an error."""
+def match_entries(entries, gpus, config_name="config"):
+    """([(gpu, position, entry)] for the GPUs the entries select, [[gpu index, ...] per entry]).
+
+    The second list says which of `gpus` each entry selected, so an entry that selects none can be reported.
+    A GPU selected by two entries is an error.
+    """
     chosen = {}
+    selected = []
     for position, entry in enumerate(entries):
+        selected.append([])
         for gpu in gpus:
             if entry["devices"] != "all" and gpu.index not in entry["devices"]:
                 continue
@@ -176,4 +196,17 @@ def targets_for(entries, gpus, config_name="config"):
                 raise ConfigError("GPU %d is selected by entries %d and %d of config %s: make the entries "
                                   "disjoint" % (gpu.index, chosen[gpu.index][0], position, config_name))
             chosen[gpu.index] = (position, entry)
-    return [(gpu, chosen[gpu.index][1]) for gpu in gpus if gpu.index in chosen]
+            selected[position].append(gpu.index)
+    return [(gpu,) + chosen[gpu.index] for gpu in gpus if gpu.index in chosen], selected
+
+
+def targets_for(entries, gpus, config_name="config"):
+    """[(gpu, entry)] for the GPUs the entries select; a GPU selected by two entries is an error."""
+    return [(gpu, entry) for gpu, _unused, entry in match_entries(entries, gpus, config_name)[0]]
+
+
+def describe_entry(entry):
+    """`device-filter 0x20B210DE, devices all`: what an entry selects by."""
+    return "device-filter %s, devices %s" % (", ".join(entry["device_filter"]) if entry["device_filter"] else "none",
+                                            "all" if entry["devices"] == "all"
+                                            else "[%s]" % ", ".join(str(d) for d in entry["devices"]))

@@ -264,6 +264,7 @@ rollback:
   elements: dict
 """
 
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
 from ansible_collections.gpuops.nvidia.plugins.module_utils._module import finish, new_module
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import (
@@ -271,7 +272,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._mig import (
     HostLock,
     Options,
     apply,
-    desired_targets,
+    select_targets,
     validate_desired,
 )
 
@@ -283,12 +284,21 @@ def main():
         desired = validate_desired(module.params)
         options = Options.from_desired(desired, check_mode=module.check_mode, run_command=module.run_command,
                                        nvidia_smi=module.get_bin_path("nvidia-smi"))
-        with HostLock(desired["lock_file"], desired["lock_timeout"]):
+        with HostLock(desired["lock_file"], desired["lock_timeout"], required=not module.check_mode) as lock:
             with NvmlSession() as session:
-                targets = desired_targets(session, desired)
-                result = apply(session, targets, options)
-        if not targets:
-            result["warnings"] = ["no GPU was selected (devices / device_filter / config entries select none)"]
+                selection = select_targets(session, desired)
+                report = selection.report()
+                report["warnings"] = ([lock.warning()] if lock.warning() else []) + report["warnings"]
+                try:
+                    result = apply(session, selection.targets, options)
+                except GpuopsError as exc:
+                    # a failure still says what the config entries selected, and warns
+                    for warning in report.pop("warnings"):
+                        module.warn(warning)
+                    exc.details.update(report)
+                    raise
+        report["warnings"] += result.pop("warnings", [])
+        result.update(report)
         return result
 
     finish(module, work)

@@ -90,10 +90,33 @@ def report(result, check):
         log("plan (%d step(s))%s:" % (len(steps), ", check mode: nothing changed" if check else ""))
         for step in steps:
             log("  " + step["description"])
+        # which MIG devices are kept (same UUID, clients undisturbed), destroyed and created
+        for line in result.get("diff", {}).get("prepared", "").splitlines():
+            log(line)
     for gpu in result["gpus"]:
         log(gpu["slice_map"]["after"])
         if gpu.get("reset_problem"):
             error("GPU %d: %s" % (gpu["index"], gpu["reset_problem"]))
+
+
+def warn(lines):
+    for line in lines:
+        error("warning: %s" % line)
+
+
+def report_failure(exc):
+    """What a failure left: the engine's message, then per GPU whether it changed, and the plan."""
+    error("%s (kind %s)" % (exc.message, exc.kind))
+    for gpu in exc.details.get("gpus", []):
+        state = "changed" if gpu["changed"] else "as it was"
+        if not gpu.get("confirmed", True) or gpu.get("after") is None:
+            state += ", not confirmed (could not be read back)"
+        error("  GPU %d: %s; %s" % (gpu["index"], state, gpu["slice_map"]["after"]))
+    for rollback in exc.details.get("rollback", []):
+        if rollback.get("command"):
+            error("  GPU %d: finish the rollback with: %s" % (rollback["gpu"], rollback["command"]))
+    for step in exc.details.get("plan", []):
+        error("  planned: " + step["description"])
 
 
 def pending_text(result):
@@ -134,15 +157,22 @@ def main(argv=None):
                                        nvidia_smi=shutil.which("nvidia-smi"))
     log("desired state from %s: %s" % (args.state, describe_desired(desired)))
     try:
-        with mig.HostLock(desired["lock_file"], desired["lock_timeout"]):
+        with mig.HostLock(desired["lock_file"], desired["lock_timeout"], required=not args.check) as lock:
+            if lock.warning():
+                warn([lock.warning()])
             with engine.session() as session:
-                targets = mig.desired_targets(session, desired)
-                if not targets:
+                selection = mig.select_targets(session, desired)
+                for entry in selection.entries or []:
+                    log("config entry %d selects GPU(s): %s" % (entry["entry"], ", ".join(
+                        str(index) for index in entry["selected"]) or "none"))
+                warn(selection.warnings)
+                if not selection.targets:
                     log("no GPU matches devices=%s device_filter=%s: nothing to do"
                         % (desired["devices"], desired["device_filter"]))
                     return 0
-                result = mig.apply(session, targets, options)
+                result = mig.apply(session, selection.targets, options)
                 report(result, args.check)
+                warn(result.get("warnings", []))
                 pending = pending_text(result)
                 if pending:
                     error(pending)
@@ -159,9 +189,7 @@ def main(argv=None):
                 log("verified: %d GPU(s) match the desired layout (%s)"
                     % (len(result["gpus"]), "changed" if result["changed"] else "unchanged"))
     except engine.failure as exc:
-        error("%s (kind %s)" % (exc.message, exc.kind))
-        for step in exc.details.get("plan", []):
-            error("  planned: " + step["description"])
+        report_failure(exc)
         return EXIT_FAILED
     return 0
 
