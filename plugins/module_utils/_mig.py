@@ -249,9 +249,13 @@ class HostLock:
         self.fd = None
 
     def _cannot(self, message, exc):
-        if not self.required and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        denied = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        if denied and not self.required:
             self.skipped = "%s: %s" % (message, exc.strerror)
             return True
+        if denied:
+            raise MigError("%s: %s; the MIG lock and MIG changes need root: use become (or set lock_file to a file "
+                           "this user may write)" % (message, exc.strerror), kind="no_permission")
         raise MigError("%s: %s" % (message, exc), kind="lock")
 
     def __enter__(self):
@@ -939,7 +943,7 @@ def restore_all(session, works, options=None):
         if options is None or options.reset != "if_needed":
             problem = "the reset policy (reset: never) does not allow one"
         else:
-            problem = _run_reset(options, [r.gpu for r in pending])
+            problem = _run_reset(options, sorted((r.gpu for r in pending), key=lambda gpu: gpu.index))
         for rollback in pending:
             rollback.after_reset(problem)
     for rollback in rollbacks:

@@ -207,6 +207,6 @@ def targets_for(entries, gpus, config_name="config"):
 
 def describe_entry(entry):
     """`device-filter 0x20B210DE, devices all`: what an entry selects by."""
-    return "device-filter %s, devices %s" % (", ".join(entry["device_filter"]) if entry["device_filter"] else "none",
-                                            "all" if entry["devices"] == "all"
-                                            else "[%s]" % ", ".join(str(d) for d in entry["devices"]))
+    devices = "all" if entry["devices"] == "all" else "[%s]" % ", ".join(str(d) for d in entry["devices"])
+    device_filter = ", ".join(entry["device_filter"]) if entry["device_filter"] else "none"
+    return "device-filter %s, devices %s" % (device_filter, devices)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -43,6 +47,29 @@ def nvidia_smi(tmp_path, monkeypatch, sim):
     log = tmp_path / "nvidia-smi.log"
     script = directory / "nvidia-smi"
     script.write_text(NVIDIA_SMI % {"log": log, "simulator": os.path.abspath(SIMULATOR), "python": sys.executable})
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", "%s:%s" % (directory, os.environ.get("PATH", "")))
+    return log
+
+
+NVIDIA_SMI_ONCE = """#!/bin/sh
+# nvidia-smi stand-in: the first `nvidia-smi -r -i BUS[,BUS...]` resets simulated GPUs, every later one is refused.
+echo "$@" >> "%(log)s"
+if [ -e "%(flag)s" ]; then echo "Unable to reset this GPU: in use by another client" >&2; exit 3; fi
+touch "%(flag)s"
+PYTHONPATH="%(simulator)s" exec "%(python)s" -m gpuops_nvml_sim reset $(echo "$3" | tr ',' ' ')
+"""
+
+
+@pytest.fixture
+def nvidia_smi_once(tmp_path, monkeypatch, sim):
+    """A `nvidia-smi` on PATH whose first reset works and whose later ones fail; returns its call log."""
+    directory = tmp_path / "bin-once"
+    directory.mkdir()
+    log = tmp_path / "nvidia-smi-once.log"
+    script = directory / "nvidia-smi"
+    script.write_text(NVIDIA_SMI_ONCE % {"log": log, "flag": tmp_path / "nvidia-smi-reset-once",
+                                         "simulator": os.path.abspath(SIMULATOR), "python": sys.executable})
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", "%s:%s" % (directory, os.environ.get("PATH", "")))
     return log
@@ -125,3 +152,63 @@ def feasible_layouts(model, max_size):
                 layout = trial
         return layout
     return build()
+
+
+NON_ROOT_RUNNER = r"""
+import json, os, sys
+sys.path.insert(0, {simulator!r})
+sys.path.insert(0, {collections!r})
+import gpuops_nvml_sim
+gpuops_nvml_sim.install({state!r})
+from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mig
+import ansible.module_utils.basic, ansible.module_utils.common.warnings  # everything main() needs, loaded as root
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+assert os.geteuid() == 65534
+sys.argv = ["nvidia_mig", {args!r}]
+nvidia_mig.main()
+"""
+
+
+def run_mig_as_nobody(sim, args, check_mode=False, lock_file=None):
+    """Run nvidia_mig as uid/gid 65534 in a child process (the simulator answers NO_PERMISSION to its writes), on a
+    copy of the state that user can write; returns (result, final state).
+
+    The child imports everything as root (the interpreter may live under /root, mode 0700), then drops every uid
+    and gid before main(). `lock_file`: the GPUOPS_MIG_LOCK_FILE it sees (default: one in a root-only directory).
+    """
+    from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mig  # pylint: disable=import-outside-toplevel
+
+    collections = os.path.abspath(os.path.join(nvidia_mig.__file__, "..", "..", "..", "..", "..", ".."))
+    shared = tempfile.mkdtemp(prefix="gpuops-mig-nobody-")
+    os.chmod(shared, 0o777)
+    state = os.path.join(shared, "state.json")
+    with open(sim.path) as source, open(state, "w") as target:
+        target.write(source.read())
+    open(state + ".lock", "w").close()
+    os.chmod(state, 0o666)
+    os.chmod(state + ".lock", 0o666)
+    private = tempfile.mkdtemp(prefix="gpuops-mig-root-")  # mode 0700: nobody may not create the lock there
+    args_path = os.path.join(shared, "args.json")
+    payload = dict(args)
+    payload["_ansible_check_mode"] = check_mode
+    with open(args_path, "w") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": payload}, handle)
+    os.chmod(args_path, 0o644)
+    code = NON_ROOT_RUNNER.format(simulator=os.path.abspath(SIMULATOR), collections=collections, state=state,
+                                  args=args_path)
+    env = dict(os.environ, GPUOPS_NVML_SIM_STATE=state, HOME=shared, TMPDIR=shared,
+               GPUOPS_MIG_LOCK_FILE=lock_file or os.path.join(private, "mig.lock"))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=shared,
+                              timeout=60, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert lines, "no JSON from the non-root module run: rc=%s stdout=%r stderr=%r" % (
+            proc.returncode, proc.stdout, proc.stderr)
+        with open(state) as handle:
+            final = json.load(handle)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+    return json.loads(lines[-1]), final

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -140,3 +141,59 @@ def test_missing_state_file(script, sim, capsys, tmp_path):
     (tmp_path / "list.json").write_text("[]")
     rc, out, err = run(script, capsys, "--state", str(tmp_path / "list.json"))
     assert rc == 2 and "not a gpuops mig state file" in err
+
+
+def test_logs_which_devices_are_kept(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    assert run(script, capsys, "--state", desired(layout={"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}))[0] == 0
+    rc, out, err = run(script, capsys, "--state", desired(layout={"3g.40gb": 2}))
+    assert rc == 0, err
+    assert "1 MIG device(s) kept, 2 destroyed, 1 created" in out
+    assert "same UUID: its clients are not disturbed" in out
+
+
+def test_config_entry_that_selects_nothing_is_a_warning(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    config = {"version": "v1", "mig-configs": {"c": [
+        {"device-filter": "0x233010DE", "devices": "all", "mig-enabled": True, "mig-devices": {"7g.80gb": 1}},
+        {"device-filter": "0x20B010DE", "devices": "all", "mig-enabled": True, "mig-devices": {"7g.40gb": 1}}]}}
+    rc, out, err = run(script, capsys, "--state", desired(config_file="/etc/gpuops/mig-parted.yaml",
+                                                          _mig_parted_config=config))
+    assert rc == 0, err
+    assert "config entry 0 selects GPU(s): 0" in out and "config entry 1 selects GPU(s): none" in out
+    assert "warning: entry 1 of config c (device-filter 0x20B010DE, devices all) selects no GPU" in err
+
+
+def test_a_fault_after_the_last_write_is_reported_as_a_change(script, sim, desired, capsys):
+    sim.create("h100-80gb:1")
+    sim.fault("nvmlDeviceGetMaxMigDeviceCount", call=1, code=999)  # the first read of MIG devices: the read-back
+    rc, out, err = run(script, capsys, "--state", desired(layout={"7g.80gb": 1}))
+    assert rc == 1
+    assert "was changed (all 3 planned step(s) ran) but could not be read back" in err
+    assert "GPU 0: changed, not confirmed (could not be read back)" in err
+    rc, out, err = run(script, capsys, "--state", desired(layout={"7g.80gb": 1}))
+    assert rc == 0 and "layout already in place" in out
+
+
+RESETS_ONCE = """#!/bin/sh
+if [ -e "%(flag)s" ]; then echo "reset refused" >&2; exit 3; fi
+touch "%(flag)s"
+PYTHONPATH="%(simulator)s" exec "%(python)s" -m gpuops_nvml_sim reset "$3"
+"""
+
+
+def test_an_unfinished_ampere_rollback_names_the_command(script, sim, desired, capsys, monkeypatch, tmp_path):
+    """The forward reset works and the rollback's is refused: the journal says how to finish the rollback."""
+    sim.create("a100-40gb:1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    simulator = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "simulator"))
+    smi.write_text(RESETS_ONCE % {"flag": tmp_path / "once", "simulator": simulator, "python": sys.executable})
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
+    sim.fault("nvmlDeviceCreateGpuInstanceWithPlacement", call=1, code=999)
+    rc, out, err = run(script, capsys, "--state", desired(layout={"7g.40gb": 1}))
+    assert rc == 1
+    assert "GPU 0: finish the rollback with: nvidia-smi -r -i %s" % sim.gpu(0)["bus_id"] in err
+    assert "GPU 0: changed;" in err

@@ -103,6 +103,10 @@ def test_only_config_is_chosen_automatically_and_names_are_listed():
     ("version: v1\nmig-configs: {a: [{devices: all, mig-enabled: true, mig-devices: [1]}]}\n",
      "mig-devices must be a mapping"),
     ("version: [v1\n", "not valid YAML"),
+    ("version: v1\nmig-configs: {a: [{device-filter: '0xZZZ', devices: all, mig-enabled: false}]}\n",
+     "test.yaml: mig-configs.a[0]: device-filter entries must be PCI device ids such as 0x233010DE"),
+    ("version: v1\nmig-configs: {a: [{device-filter: ['0x233010DE', 'A100'], devices: all, mig-enabled: false}]}\n",
+     "got 'A100'"),
 ])
 def test_strict_errors(text, words):
     with pytest.raises(mig_config.ConfigError) as info:
@@ -135,3 +139,34 @@ def test_without_pyyaml(monkeypatch):
                      {"device-filter": "0x20B010DE", "devices": [2], "mig-enabled": True,
                       "mig-devices": {"1c.3g.20gb": 3}}]}}
     assert mig_config.parse(json.dumps(document, indent=2)) == with_yaml
+
+
+def test_device_filter_accepts_what_the_option_accepts():
+    configs = mig_config.parse("version: v1\nmig-configs: {a: [{device-filter: ['0x233010de', "
+                               "'0x20B010DE:0x134F10DE'], devices: all, mig-enabled: false}]}\n")
+    assert configs["a"][0]["device_filter"] == ["0x233010de", "0x20B010DE:0x134F10DE"]
+
+
+@pytest.mark.parametrize("data, offset", [(b"\xff\xfeversion", 0), (b"version: v1\n\xe9\n", 12)])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, data, offset):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(data)
+    with pytest.raises(mig_config.ConfigError) as info:
+        mig_config.load(str(path))
+    assert info.value.kind == "invalid_config"
+    assert info.value.message.startswith("%s is not UTF-8 text (byte 0x%02X at offset %d" % (path, data[offset], offset))
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert mig_config.load(str(path)) == mig_config.parse(GOOD)
+
+
+def test_match_entries_reports_what_each_entry_selects():
+    entries = mig_config.select_config(mig_config.parse(GOOD), "balanced")
+    gpus = [gpu(0, "0x233010DE"), gpu(1, "0x233010DE")]
+    chosen, selected = mig_config.match_entries(entries, gpus, "balanced")
+    assert [(g.index, position) for g, position, _unused in chosen] == [(0, 0), (1, 0)]
+    assert selected == [[0, 1], []]
+    assert mig_config.describe_entry(entries[1]) == "device-filter 0x20B010DE, devices [2]"

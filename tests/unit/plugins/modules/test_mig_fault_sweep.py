@@ -190,7 +190,6 @@ def test_fault_at_every_nvml_call(sim, run, name):
     assert outcomes.get("failed, as it was"), outcomes
 
 
-
 # The second fault: at every NVML call the run makes after a first fault at the last write of each kind (the one
 # with the most to roll back), that is every call of the rollback and of reading the GPUs back for the report.
 DOUBLE = ["h100-keep-destroy-create", "a100-enable-reset-create"]
