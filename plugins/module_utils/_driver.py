@@ -23,12 +23,7 @@ import os
 import re
 import sys
 
-from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
-    GpuopsError,
-    argument_spec,
-    check_options,
-    invalid,
-)
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import argument_spec, check_options, invalid
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_apt import missing_components, read_sources
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware import (
     branch_of,
@@ -168,6 +163,3 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
         "reboot_required": decision["reboot_required"],
         "msg": decision["msg"],
     }
-
-
-__all__ = ["DRIVER_SPEC", "GpuopsError", "check_request", "decide", "inspect", "installed_driver"]

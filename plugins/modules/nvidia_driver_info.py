@@ -157,6 +157,11 @@ kernels:
   description: running (uname), installed (image in /boot and modules), boot (the newest installed).
   returned: success
   type: dict
+python:
+  description: executable (the Python running the module, the one Ansible uses) and nvml_version (the
+    nvidia-ml-py it imports, or null).
+  returned: success
+  type: dict
 container:
   description: The node is a container (it runs its host's kernel).
   returned: success

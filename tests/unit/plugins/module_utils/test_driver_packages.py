@@ -6,9 +6,10 @@ import pytest
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver import check_request, decide
-from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware import open_modules_support, architecture
+from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware import architecture, open_modules_support
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_packages import (
     CUDA_REPO_BASE,
+    default_branch,
     distribution,
     select_packages,
 )
@@ -41,16 +42,9 @@ def hardware(*device_ids, nvswitches=0, kernels=("6.8.0-48-generic",)):
             "kernels": {"running": "6.1.0-0-amd64", "installed": list(kernels), "boot": kernels[-1] if kernels else None}}
 
 
-def request(**overrides):
-    params = check_request(overrides)
-    params["branch"] = params["branch"] or overrides.get("default_branch")
-    return params
-
-
 def plan(dist, hw=None, machine="x86_64", **req):
     distro = distribution(OS_RELEASES[dist], machine)
     params = check_request(req)
-    from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_packages import default_branch
     params["branch"] = params["branch"] or default_branch(distro, params["source"])
     return select_packages(distro, params, hw or hardware(H100))
 
