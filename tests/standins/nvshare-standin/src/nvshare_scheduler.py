@@ -89,8 +89,8 @@ class Scheduler:
         except OSError:
             return False
         info = self.clients.get(conn)
-        log("INFO", "Sent %s to client %s" % (kind, "%016x" % info["id"] if info and info["id"] != UNREGISTERED
-                                                  else "<UNREGISTERED>"))
+        registered = info and info["id"] != UNREGISTERED
+        log("INFO", "Sent %s to client %s" % (kind, "%016x" % info["id"] if registered else "<UNREGISTERED>"))
         return True
 
     def drop(self, conn):

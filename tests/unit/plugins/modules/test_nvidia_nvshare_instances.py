@@ -80,15 +80,15 @@ class FakeNode:
         os.symlink(target, os.path.join(base, "root", self.socket_dir.lstrip("/")))
 
     def node(self, run):
-        return REAL_NODE(run, socket_dir=self.socket_dir, gpu_root=self.gpu_root, systemd_dir=self.systemd_dir, proc=self.proc,
-                                  var_run=str(self.root / "var" / "run"), glibc=self.glibc,
-                                  systemctl=str(self.bin / "systemctl"))
+        return REAL_NODE(run, socket_dir=self.socket_dir, gpu_root=self.gpu_root, systemd_dir=self.systemd_dir,
+                         proc=self.proc, var_run=str(self.root / "var" / "run"), glibc=self.glibc,
+                         systemctl=str(self.bin / "systemctl"))
 
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     node = FakeNode(tmp_path / "node")
-    monkeypatch.setattr(_nvshare_plan, "Node", lambda run: node.node(run))
+    monkeypatch.setattr(_nvshare_plan, "Node", node.node)
     node.mps_dir = str(tmp_path / "mps")
     return node
 
