@@ -9,15 +9,16 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ctypes
+import uuid as uuidlib
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import SELECTOR_SPEC, argument_spec
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import COMPUTE_MODES, NvmlError, text
 
-SUBSETS = ("mig_profiles", "mig_instances", "processes")
+SUBSETS = ("mig_profiles", "mig_instances", "processes", "nvlink")
 
 GPU_INFO_SPEC = argument_spec(SELECTOR_SPEC, {
     "gather": {"type": "list", "elements": "str", "default": ["all"],
-               "choices": ["all", "min", "mig_profiles", "mig_instances", "processes"]},
+               "choices": ["all", "min", "mig_profiles", "mig_instances", "processes", "nvlink"]},
     "allow_missing": {"type": "bool", "default": False},
 })
 # Failures that mean "no usable NVIDIA stack here" (allow_missing turns them into empty facts).
@@ -28,6 +29,12 @@ ARCHITECTURES = {
     10: "blackwell",
 }
 _SKIPPED_PROFILE_ERRORS = ("not_supported", "invalid_argument")
+# nvmlGpuFabricState_t.
+FABRIC_STATES = {0: "not_supported", 1: "not_started", 2: "in_progress", 3: "completed"}
+# Errors that fail the whole gather even where a fact is optional: the GPU or the driver is gone.
+_FATAL_KINDS = ("gpu_lost", "driver_not_loaded", "uninitialized")
+# Answers to nvmlDeviceGetNvLinkState that end the walk over link numbers: past the GPU's last link, or no NVLink.
+_NVLINK_END_KINDS = ("not_supported", "invalid_argument", "function_not_found")
 _MIB = 1024 * 1024
 
 
@@ -167,6 +174,81 @@ def _optional(session, name, gpu, *args):
         raise
 
 
+def _status_name(session, code):
+    """A probe status (an nvmlReturn_t inside a struct) as the collection's error keywords: `success`,
+    `not_supported`, ..., `unknown_error` (999), else `nvml_error_<code>`."""
+    if code == 0:
+        return "success"
+    kind = session.error(session.pynvml.NVMLError(code), "read the fabric probe status").kind
+    if kind != "nvml":
+        return kind
+    return "unknown_error" if code == 999 else "nvml_error_%d" % code
+
+
+def fabric_info(session, gpu):
+    """The GPU's place in an NVLink fabric (NVSwitch systems), as NVML reports it; never fails for a GPU or driver
+    that does not answer (`supported` false, `nvml_error` says why).
+
+    nvmlDeviceGetGpuFabricInfoV where the binding and the driver have it (driver 550 and later), else
+    nvmlDeviceGetGpuFabricInfo (v1 struct, the only one in nvidia-ml-py 12.535).
+    """
+    nvml = session.pynvml
+    facts = {"supported": False, "state": None, "status": None, "status_code": None, "clique_id": None,
+             "cluster_uuid": None, "nvml_error": "function_not_found"}
+    readers = [(name, struct) for name, struct in (("nvmlDeviceGetGpuFabricInfoV", "c_nvmlGpuFabricInfoV_t"),
+                                                   ("nvmlDeviceGetGpuFabricInfo", "c_nvmlGpuFabricInfo_t"))
+               if hasattr(nvml, name) and hasattr(nvml, struct)]
+    for name, struct in readers:
+        info = getattr(nvml, struct)()
+        try:
+            session.call(name, gpu.handle, ctypes.byref(info), what="read the NVLink fabric info", gpu=gpu)
+        except NvmlError as exc:
+            if exc.kind in _FATAL_KINDS:
+                raise
+            facts["nvml_error"] = exc.kind
+            if exc.kind == "not_supported":
+                return facts
+            continue  # the driver lacks the call, or refuses this struct version: the older call may answer
+        facts.update({
+            "supported": info.state != 0,
+            "state": FABRIC_STATES.get(info.state, "unknown_%d" % info.state),
+            "status": _status_name(session, info.status),
+            "status_code": info.status,
+            "clique_id": info.cliqueId,
+            "cluster_uuid": str(uuidlib.UUID(bytes=bytes(bytearray(info.clusterUuid)))),
+            "nvml_error": None,
+        })
+        return facts
+    return facts
+
+
+def nvlink_links(session, gpu):
+    """Each NVLink link's state, link 0 upwards until NVML says the link does not exist (NOT_SUPPORTED or
+    INVALID_ARGUMENT); `supported` false where link 0 already gets that answer, or the driver lacks the call.
+    `ended_by` is that answer (null when every link number up to NVML_NVLINK_MAX_LINKS answered)."""
+    nvml = session.pynvml
+    links = []
+    ended_by = None
+    for link in range(nvml.NVML_NVLINK_MAX_LINKS):
+        try:
+            active = session.call("nvmlDeviceGetNvLinkState", gpu.handle, link, what="read NVLink %d" % link,
+                                  gpu=gpu)
+        except NvmlError as exc:
+            if exc.kind in _FATAL_KINDS:
+                raise
+            if exc.kind in _NVLINK_END_KINDS:
+                ended_by = exc.kind
+                break
+            active = None
+        links.append({"link": link, "active": None if active is None else active == nvml.NVML_FEATURE_ENABLED})
+    return {
+        "supported": bool(links),
+        "active_links": len([entry for entry in links if entry["active"]]) if links else None,
+        "links": links,
+        "ended_by": ended_by,
+    }
+
+
 def describe_gpu(session, gpu, subsets=SUBSETS):
     """Facts for one GPU; `subsets` limits the costlier parts (MIG profiles/instances, processes)."""
     memory = session.call("nvmlDeviceGetMemoryInfo", gpu.handle, what="read memory info", gpu=gpu)
@@ -195,6 +277,7 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
             "pending": None if mig_mode is None else ("enabled" if mig_mode[1] else "disabled"),
             "resetless_supported": session.resetless_mig(gpu) if mig_mode is not None else False,
         },
+        "fabric": fabric_info(session, gpu),
     }
     if mig_mode is not None and ("mig_profiles" in subsets or "mig_instances" in subsets):
         profiles = gpu_instance_profiles(session, gpu)
@@ -204,6 +287,8 @@ def describe_gpu(session, gpu, subsets=SUBSETS):
             facts["mig"]["gpu_instances"] = mig_instances(session, gpu, profiles) if mig_mode[0] else []
     if "processes" in subsets:
         facts["processes"] = session.compute_processes(gpu.handle, gpu)
+    if "nvlink" in subsets:
+        facts["nvlink"] = nvlink_links(session, gpu)
     return facts
 
 

@@ -15,7 +15,8 @@ version_added: 0.1.0
 description:
   - Reads driver, NVML and CUDA driver versions and, per GPU, identity, memory, architecture, persistence
     and compute mode, MIG capability and mode, supported MIG profiles with their placements, the GPU and
-    compute instances that exist, and the compute processes that run.
+    compute instances that exist, the compute processes that run, the GPU's NVLink fabric registration
+    (NVSwitch systems) and the state of each NVLink link.
   - Sets them as the facts C(nvidia_gpus) and C(nvidia_driver).
   - Read-only; safe on a production node and in check mode.
 author:
@@ -38,11 +39,12 @@ options:
     description:
       - What to read beyond the basic per-GPU facts, which are always read.
       - V(mig_profiles) lists the MIG profiles each GPU supports, V(mig_instances) the GPU and compute
-        instances that exist, V(processes) the running compute processes. V(all) reads everything;
-        V(min) only the basic facts.
+        instances that exist, V(processes) the running compute processes, V(nvlink) the state of each NVLink
+        link (one NVML call per link). V(all) reads everything; V(min) only the basic facts.
+      - The NVLink fabric registration (RV(gpus[].fabric)) is a basic fact (one NVML call per GPU).
     type: list
     elements: str
-    choices: [all, min, mig_profiles, mig_instances, processes]
+    choices: [all, min, mig_profiles, mig_instances, processes, nvlink]
     default: [all]
   allow_missing:
     description:
@@ -71,6 +73,16 @@ EXAMPLES = r"""
   gpuops.nvidia.nvidia_gpu_info:
     device_filter: ["0x233010DE"]
     gather: [min]
+
+- name: Every GPU of an NVSwitch node must be registered in the NVLink fabric with all links up
+  ansible.builtin.assert:
+    that:
+      - item.fabric.state == 'completed' and item.fabric.status == 'success'
+      - item.nvlink.active_links == item.nvlink.links | length
+    fail_msg: "GPU {{ item.index }}: fabric {{ item.fabric.state }}/{{ item.fabric.status }}, {{ item.nvlink.active_links }} active links"
+  loop: "{{ ansible_facts.nvidia_gpus | selectattr('fabric.supported') | list }}"
+  loop_control:
+    label: "GPU {{ item.index }}"
 
 - name: Gather where GPUs may be absent (mixed inventory)
   gpuops.nvidia.nvidia_gpu_info:
@@ -147,6 +159,51 @@ gpus:
             compute_instances:
               - {id: 0, profile: 3g.40gb, profile_id: 2, slices: 3, placement: {start: 0, size: 3},
                  uuid: MIG-3c7a0a6e-2c4b-5e55-9f3c-1b1d3a6a1f00}
+    fabric:
+      description:
+        - The GPU's registration in an NVLink fabric (an NVSwitch system, where the fabric manager registers
+          each GPU), as C(nvmlDeviceGetGpuFabricInfoV) (or C(nvmlDeviceGetGpuFabricInfo) on drivers before 550)
+          reports it.
+        - C(supported) is true when NVML answered with a state other than V(not_supported), that is when the GPU
+          takes part in a fabric; false on GPUs before Hopper, on a Hopper GPU without NVSwitches, and on a driver
+          without the call.
+        - C(state) is V(not_supported), V(not_started), V(in_progress) or V(completed) (null when NVML did not
+          answer). Only a V(completed) state means the GPU can use the fabric; V(not_started) or V(in_progress)
+          on an NVSwitch node usually means the fabric manager is not running or has not finished.
+        - C(status) is the registration's result, V(success) or an error keyword such as V(not_supported),
+          V(insufficient_resources) or V(unknown_error), with the nvmlReturn_t in C(status_code); NVML defines it
+          only when C(state) is V(completed) and reports it as it is otherwise.
+        - C(clique_id) and C(cluster_uuid) identify the NVLink domain (GPUs with the same pair can reach each
+          other over NVLink); reported as NVML gives them, an all-zero UUID included.
+        - C(nvml_error) is the error keyword when NVML did not answer (V(not_supported), V(function_not_found),
+          ...), else null; the other keys are then null and C(supported) false.
+      type: dict
+      returned: always
+      sample:
+        supported: true
+        state: completed
+        status: success
+        status_code: 0
+        clique_id: 1
+        cluster_uuid: 34816edd-3b6e-5f89-5a0b-d4ca1f7d3005
+        nvml_error: null
+    nvlink:
+      description:
+        - NVLink links (with O(gather) V(nvlink)), as C(nvmlDeviceGetNvLinkState) reports them from link 0 up to
+          the first link number NVML says does not exist.
+        - C(links) lists C(link) (number) and C(active) (true when the link is up; null when NVML answered that
+          link with an unexpected error). C(active_links) counts the active ones.
+        - C(supported) is false, C(links) empty and C(active_links) null when the GPU has no NVLink (link 0
+          gets NOT_SUPPORTED) or the driver lacks the call.
+        - C(ended_by) is the error keyword of the answer that ended the walk (V(invalid_argument) or
+          V(not_supported) past the last link, V(function_not_found)); null when every link number answered.
+      type: dict
+      returned: when gathered
+      sample:
+        supported: true
+        active_links: 18
+        links: [{link: 0, active: true}, {link: 1, active: true}, {link: 17, active: true}]
+        ended_by: invalid_argument
     processes:
       description: Running compute processes (with O(gather) V(processes)).
       type: list

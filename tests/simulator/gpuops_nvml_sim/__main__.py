@@ -20,6 +20,14 @@ def _parser():
     create.add_argument("--driver-version", default="580.159.04")
     create.add_argument("--cuda-driver-version", type=int, default=13000)
     create.add_argument("--force", action="store_true", help="replace an existing state")
+    create.add_argument("--nvswitch", action="store_true",
+                        help="the GPUs sit on one HGX board behind NVSwitches: fabric registered, every NVLink up")
+    create.add_argument("--clique-id", type=int, default=simstate.DEFAULT_CLIQUE_ID,
+                        help="fabric clique id on an NVSwitch board (default %(default)s)")
+    create.add_argument("--cluster-uuid", default=None,
+                        help="fabric cluster UUID on an NVSwitch board (default: derived from the node)")
+    create.add_argument("--absent-function", action="append", default=[], metavar="NVML_FUNCTION",
+                        help="an NVML entry point the driver lacks (FUNCTION_NOT_FOUND); repeatable")
     commands.add_parser("show", help="print the state as JSON")
     commands.add_parser("reboot", help="drop what a node reboot drops")
     reset = commands.add_parser("reset", help="reset GPUs as `nvidia-smi -r -i` does")
@@ -42,6 +50,20 @@ def _parser():
     fault_add.add_argument("--call", type=int, default=1)
     fault_add.add_argument("--code", type=int, required=True)
     fault_commands.add_parser("clear")
+    fabric = commands.add_parser("fabric", help="change what the fabric manager registered for GPUs")
+    fabric.add_argument("--gpu", action="append", default=[], help="index, UUID or PCI bus id (default: every GPU)")
+    fabric.add_argument("--state", dest="fabric_state", choices=sorted(simstate.FABRIC_STATES),
+                        help="registration state")
+    fabric.add_argument("--status", type=int, help="the probe's nvmlReturn_t (0 success)")
+    fabric.add_argument("--clique-id", type=int)
+    fabric.add_argument("--cluster-uuid")
+    nvlink = commands.add_parser("nvlink", help="bring NVLink links up or down")
+    nvlink.add_argument("action", choices=["up", "down"])
+    nvlink.add_argument("--gpu", action="append", default=[], help="index, UUID or PCI bus id (default: every GPU)")
+    nvlink.add_argument("--link", action="append", type=int, default=[], help="link number (default: every link)")
+    symbol = commands.add_parser("symbol", help="make the driver lack an NVML entry point, or have it again")
+    symbol.add_argument("action", choices=["remove", "restore"])
+    symbol.add_argument("function")
     setting = commands.add_parser("set", help="set a top-level flag (driver_loaded, library_present, require_root)")
     setting.add_argument("key", choices=["driver_loaded", "library_present", "require_root"])
     setting.add_argument("value", choices=["true", "false"])
@@ -55,7 +77,10 @@ def main(argv=None):
     try:
         if args.command == "create":
             names = simstate.parse_gpu_spec(args.gpus)
-            store.create(simstate.new_state(names, args.driver_version, args.cuda_driver_version), force=args.force)
+            store.create(simstate.new_state(names, args.driver_version, args.cuda_driver_version,
+                                            nvswitch=args.nvswitch, clique_id=args.clique_id,
+                                            cluster_uuid=args.cluster_uuid, absent_functions=args.absent_function),
+                         force=args.force)
             print("created %d simulated GPU(s) in %s" % (len(names), path))
         elif args.command == "show":
             json.dump(store.read(), sys.stdout, indent=1, sort_keys=True)
@@ -86,6 +111,12 @@ def _mutate(args, data):
         data["faults"] = []
     elif args.command == "set":
         data[args.key] = args.value == "true"
+    elif args.command == "fabric":
+        simstate.set_fabric(data, args.gpu, args.fabric_state, args.status, args.clique_id, args.cluster_uuid)
+    elif args.command == "nvlink":
+        simstate.set_nvlink(data, args.gpu, args.link, args.action == "up")
+    elif args.command == "symbol":
+        simstate.set_function_absent(data, args.function, args.action == "remove")
 
 
 if __name__ == "__main__":

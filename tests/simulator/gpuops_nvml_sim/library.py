@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import uuid as uuidlib
 
 from . import models
 from .state import NVML_ERROR_IN_USE, StateStore, new_mig_uuid, reset_gpus
+from .state import SimulatorError, gpu_nvlink
 
 SUCCESS = 0
 ERROR_UNINITIALIZED = 1
@@ -28,6 +30,11 @@ ERROR_RESET_REQUIRED = 16
 ERROR_IN_USE = NVML_ERROR_IN_USE
 ERROR_INSUFFICIENT_RESOURCES = 23
 ERROR_UNKNOWN = 999
+ERROR_ARGUMENT_VERSION_MISMATCH = 25
+# NVML_NVLINK_MAX_LINKS of driver 580's nvml.h (pynvml 13.6xx says 36): link indices past it are invalid.
+DRIVER_NVLINK_MAX_LINKS = 18
+# nvmlGpuFabricInfo_v2 / _v3: the struct versions nvmlDeviceGetGpuFabricInfoV accepts.
+FABRIC_INFO_VERSIONS = (0x02000024, 0x3000028)
 
 ERROR_STRINGS = {
     SUCCESS: b"Success",
@@ -46,6 +53,7 @@ ERROR_STRINGS = {
     ERROR_IN_USE: b"In use by another client",
     ERROR_INSUFFICIENT_RESOURCES: b"Insufficient resources",
     ERROR_UNKNOWN: b"Unknown Error",
+    ERROR_ARGUMENT_VERSION_MISMATCH: b"Argument version mismatch",
 }
 
 KIND_GPU, KIND_GI, KIND_CI, KIND_MIG = 1, 2, 3, 4
@@ -216,6 +224,20 @@ def fill_handles(handles, instances, count):
     return SUCCESS
 
 
+def _absent_symbol(name):
+    def missing(_self):
+        raise AttributeError("libnvidia-ml.so.1 (simulated) has no symbol %s" % name)
+    return property(missing)
+
+
+def _fill_fabric(info, fabric):
+    """An nvmlGpuFabricInfo_t / _v2_t / _v3_t from a GPU's simulated fabric state."""
+    raw = bytearray(uuidlib.UUID(fabric["cluster_uuid"]).bytes)
+    ctypes.memmove(ctypes.addressof(info) + type(info).clusterUuid.offset, bytes(raw), len(raw))
+    _fill(info, {"status": fabric["status"], "cliqueId": fabric["clique_id"], "state": fabric["state"],
+                 "healthMask": 0, "healthSummary": 0})
+
+
 class SimulatedLibrary(object):
     """The simulated libnvidia-ml: bound to a state file; attribute names are NVML symbol names."""
 
@@ -230,9 +252,20 @@ class SimulatedLibrary(object):
         self.store = StateStore(state_path)
         self._init_count = 0
         self.calls = []
+        absent = self._absent_functions()
+        if absent:
+            # A symbol the driver lacks: pynvml's getattr() fails and it raises FUNCTION_NOT_FOUND.
+            self.__class__ = type(type(self).__name__, (type(self),),
+                                  dict((name, _absent_symbol(name)) for name in absent))
         for name in dir(self):
-            if name.startswith("nvml"):
+            if name.startswith("nvml") and name not in absent:
                 setattr(self, name, self._entry_point(name, getattr(self, name)))
+
+    def _absent_functions(self):
+        try:
+            return frozenset(self.store.read().get("absent_functions", ()))
+        except SimulatorError:
+            return frozenset()
 
     # -- plumbing -----------------------------------------------------------------------------------------
 
@@ -844,6 +877,35 @@ class SimulatedLibrary(object):
                 if p["gpu_instance_id"] == gi["id"] and p["compute_instance_id"] == ci["id"]]:
             return ERROR_IN_USE
         gi["compute_instances"].remove(ci)
+        return SUCCESS
+
+    # -- NVLink and the NVLink fabric -----------------------------------------------------------------------
+
+    def nvmlDeviceGetGpuFabricInfo(self, state, handle, out):
+        fabric = gpu_nvlink(self._device(state, handle)[1])[0]
+        if fabric is None:
+            return ERROR_NOT_SUPPORTED
+        _fill_fabric(_target(out), fabric)
+        return SUCCESS
+
+    def nvmlDeviceGetGpuFabricInfoV(self, state, handle, out):
+        fabric = gpu_nvlink(self._device(state, handle)[1])[0]
+        info = _target(out)
+        if info.version not in FABRIC_INFO_VERSIONS:
+            return ERROR_ARGUMENT_VERSION_MISMATCH
+        if fabric is None:
+            return ERROR_NOT_SUPPORTED
+        _fill_fabric(info, fabric)
+        return SUCCESS
+
+    def nvmlDeviceGetNvLinkState(self, state, handle, link, out):
+        nvlink = gpu_nvlink(self._device(state, handle)[1])[1]
+        link = _value(link)
+        if link >= DRIVER_NVLINK_MAX_LINKS:
+            return ERROR_INVALID_ARGUMENT
+        if link >= len(nvlink):
+            return ERROR_NOT_SUPPORTED
+        _target(out).value = nvlink[link]
         return SUCCESS
 
 

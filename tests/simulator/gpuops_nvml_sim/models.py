@@ -184,6 +184,24 @@ MODELS = {
 }
 
 
+# NVLink and the NVLink fabric, per model (added to MODELS below; docs/simulator.md, "NVLink and the fabric"):
+# - nvlink_links: NVLink links the GPU has (nvmlDeviceGetNvLinkState answers links 0..n-1; L4 has none).
+#   H100/H200 SXM5 18 (NVLink 4), A100 SXM4 12 (NVLink 3), A30 4 (NVLink 3 bridge): NVIDIA datasheets.
+# - fabric_info: nvmlDeviceGetGpuFabricInfo(V) answers (NVML documents it for Hopper or newer); older GPUs get
+#   NOT_SUPPORTED, NVSwitch board or not.
+# - nvswitch_board: the SXM part that sits on an HGX/DGX board behind NVSwitches (`create --nvswitch`).
+NVLINK = {
+    "h100-80gb": {"nvlink_links": 18, "fabric_info": True, "nvswitch_board": True},
+    "h200-141gb": {"nvlink_links": 18, "fabric_info": True, "nvswitch_board": True},
+    "a100-40gb": {"nvlink_links": 12, "fabric_info": False, "nvswitch_board": True},
+    "a100-80gb": {"nvlink_links": 12, "fabric_info": False, "nvswitch_board": True},
+    "a30": {"nvlink_links": 4, "fabric_info": False, "nvswitch_board": False},
+    "l4": {"nvlink_links": 0, "fabric_info": False, "nvswitch_board": False},
+}
+for _name, _nvlink in NVLINK.items():
+    MODELS[_name].update(_nvlink)
+
+
 def model(name):
     try:
         return MODELS[name]

@@ -23,6 +23,40 @@ class SimulatorError(Exception):
     """A request to the simulator itself (not an NVML call) that cannot be honoured."""
 
 
+# nvmlGpuFabricState_t and what the simulated fabric answers (docs/simulator.md, "NVLink and the fabric").
+FABRIC_STATES = {"not_supported": 0, "not_started": 1, "in_progress": 2, "completed": 3}
+NVML_SUCCESS = 0
+NVML_ERROR_UNKNOWN = 999
+DEFAULT_CLIQUE_ID = 1
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def nvlink_defaults(spec, nvswitch, clique_id=DEFAULT_CLIQUE_ID, cluster_uuid=ZERO_UUID):
+    """A GPU's `fabric` (None: the GPU does not answer the fabric query) and `nvlink` (per-link 0/1) state.
+
+    On an NVSwitch board the fabric manager has registered the GPU (state completed, status success) and every
+    link is up. Off one, a Hopper GPU answers state NOT_SUPPORTED with status UNKNOWN_ERROR (as reported for
+    single-GPU H200 and H100 PCIe systems) and its links are down.
+    """
+    if not spec["fabric_info"]:
+        fabric = None
+    elif nvswitch:
+        fabric = {"state": FABRIC_STATES["completed"], "status": NVML_SUCCESS, "clique_id": int(clique_id),
+                  "cluster_uuid": str(uuidlib.UUID(cluster_uuid))}
+    else:
+        fabric = {"state": FABRIC_STATES["not_supported"], "status": NVML_ERROR_UNKNOWN, "clique_id": 0,
+                  "cluster_uuid": ZERO_UUID}
+    return {"fabric": fabric, "nvlink": [1 if nvswitch else 0] * spec["nvlink_links"]}
+
+
+def gpu_nvlink(gpu):
+    """(fabric, nvlink) of a GPU, with the defaults for a state written before they were modelled."""
+    if "fabric" in gpu and "nvlink" in gpu:
+        return gpu["fabric"], gpu["nvlink"]
+    defaults = nvlink_defaults(models.model(gpu["model"]), False)
+    return gpu.get("fabric", defaults["fabric"]), gpu.get("nvlink", defaults["nvlink"])
+
+
 def configured_state_path():
     """The state file the simulator should use, or None when it is not configured on this host."""
     path = os.environ.get(STATE_ENV)
@@ -64,7 +98,15 @@ def parse_gpu_spec(text):
     return names
 
 
-def new_state(model_names, driver_version="580.159.04", cuda_driver_version=13000, seed="gpuops"):
+def new_state(model_names, driver_version="580.159.04", cuda_driver_version=13000, seed="gpuops", nvswitch=False,
+              clique_id=DEFAULT_CLIQUE_ID, cluster_uuid=None, absent_functions=()):
+    """A fresh node. `nvswitch`: the GPUs sit on one HGX board behind NVSwitches (fabric registered by the
+    fabric manager, every NVLink up); `absent_functions`: NVML entry points this driver lacks."""
+    if nvswitch:
+        lacking = sorted(set(name for name in model_names if not models.model(name)["nvswitch_board"]))
+        if lacking:
+            raise SimulatorError("%s never sit on an NVSwitch board: --nvswitch needs SXM GPUs (%s)" % (
+                ", ".join(lacking), ", ".join(sorted(n for n, m in models.MODELS.items() if m["nvswitch_board"]))))
     gpus = []
     for index, name in enumerate(model_names):
         spec = models.model(name)
@@ -87,8 +129,13 @@ def new_state(model_names, driver_version="580.159.04", cuda_driver_version=1300
             "mig_uuid_serial": 0,
             "memory_reserved": spec["memory_reserved"],
         })
+    board_uuid = cluster_uuid or str(uuidlib.UUID(hashlib.sha1(("%s/fabric" % seed).encode()).hexdigest()[:32]))
+    for gpu in gpus:
+        gpu.update(nvlink_defaults(models.model(gpu["model"]), nvswitch, clique_id, board_uuid))
     return {
         "format": FORMAT_VERSION,
+        "nvswitch": bool(nvswitch),
+        "absent_functions": sorted(set(absent_functions)),
         "driver_version": driver_version,
         "nvml_version": "%d.%s" % (cuda_driver_version // 1000, driver_version),
         "cuda_driver_version": cuda_driver_version,
@@ -256,3 +303,57 @@ def add_fault(state, function, call, code):
     if call < 1:
         raise SimulatorError("fault call number must be >= 1")
     state["faults"].append({"function": function, "call": int(call), "code": int(code), "seen": 0})
+
+
+def set_fabric(state, gpu_keys=None, fabric_state=None, status=None, clique_id=None, cluster_uuid=None):
+    """What the fabric manager would change: registration state, probe status, clique id, cluster UUID."""
+    targets = [find_gpu(state, key) for key in gpu_keys] if gpu_keys else list(state["gpus"])
+    for gpu in targets:
+        fabric, nvlink = gpu_nvlink(gpu)
+        if fabric is None:
+            raise SimulatorError("%s (%s) does not report an NVLink fabric (NVML answers NOT_SUPPORTED)"
+                                 % (gpu["bus_id"], gpu["model"]))
+        fabric = dict(fabric)
+        if fabric_state is not None:
+            if fabric_state not in FABRIC_STATES:
+                raise SimulatorError("fabric state must be one of %s" % ", ".join(sorted(FABRIC_STATES)))
+            fabric["state"] = FABRIC_STATES[fabric_state]
+        if status is not None:
+            fabric["status"] = int(status)
+        if clique_id is not None:
+            fabric["clique_id"] = int(clique_id)
+        if cluster_uuid is not None:
+            try:
+                fabric["cluster_uuid"] = str(uuidlib.UUID(cluster_uuid))
+            except ValueError:
+                raise SimulatorError("cluster UUID %r is not a UUID" % cluster_uuid)
+        gpu["fabric"], gpu["nvlink"] = fabric, list(nvlink)
+    return targets
+
+
+def set_nvlink(state, gpu_keys=None, links=None, active=True):
+    """Bring NVLink links up or down (all links of the GPUs when `links` is empty)."""
+    targets = [find_gpu(state, key) for key in gpu_keys] if gpu_keys else list(state["gpus"])
+    for gpu in targets:
+        fabric, nvlink = gpu_nvlink(gpu)
+        nvlink = list(nvlink)
+        if not nvlink:
+            raise SimulatorError("%s (%s) has no NVLink" % (gpu["bus_id"], gpu["model"]))
+        for link in (links if links else range(len(nvlink))):
+            if not 0 <= int(link) < len(nvlink):
+                raise SimulatorError("%s (%s) has links 0-%d, not %s"
+                                     % (gpu["bus_id"], gpu["model"], len(nvlink) - 1, link))
+            nvlink[int(link)] = 1 if active else 0
+        gpu["fabric"], gpu["nvlink"] = fabric, nvlink
+    return targets
+
+
+def set_function_absent(state, function, absent=True):
+    """Make the simulated driver lack (or have again) an NVML entry point; a process sees it when it loads
+    the library, as with a real driver's symbols."""
+    names = set(state.get("absent_functions", ()))
+    if absent:
+        names.add(function)
+    else:
+        names.discard(function)
+    state["absent_functions"] = sorted(names)

@@ -12,6 +12,7 @@ import pytest
 import pynvml as N
 
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_gpu_info
+from gpuops_nvml_sim import state as simstate
 
 MODELS = {
     # model: (name, pci id, memory MiB, architecture, capability, MIG profiles, resetless)
@@ -270,3 +271,152 @@ def test_without_pynvml(allow_missing):
         assert proc.returncode == 0 and "nvidia-ml-py" in result["unavailable_reason"]
     else:
         assert proc.returncode == 1 and result["failed"] and "nvidia-ml-py" in result["msg"]
+
+
+# -- NVLink fabric and links (issue #17) --------------------------------------------------------------------------
+
+NVLINK_CALL = "nvmlDeviceGetNvLinkState"
+FABRIC_V_CALL = "nvmlDeviceGetGpuFabricInfoV"
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+NO_FABRIC = {"supported": False, "state": None, "status": None, "status_code": None, "clique_id": None,
+             "cluster_uuid": None, "nvml_error": "not_supported"}
+NO_NVLINK = {"supported": False, "active_links": None, "links": [], "ended_by": "not_supported"}
+
+
+def _links(states):
+    return [{"link": link, "active": bool(up)} for link, up in enumerate(states)]
+
+
+def test_fabric_and_nvlink_on_an_8_gpu_nvswitch_h200_board(sim, run):
+    sim.create("h200-141gb:8", nvswitch=True)
+    cluster = sim.gpu(0)["fabric"]["cluster_uuid"]
+    result = run(nvidia_gpu_info)
+    assert not result.failed, result
+    assert len(result["gpus"]) == 8
+    for gpu in result["gpus"]:
+        assert gpu["fabric"] == {"supported": True, "state": "completed", "status": "success", "status_code": 0,
+                                 "clique_id": 1, "cluster_uuid": cluster, "nvml_error": None}
+        assert gpu["nvlink"] == {"supported": True, "active_links": 18, "links": _links([1] * 18),
+                                 "ended_by": "invalid_argument"}
+    assert result["ansible_facts"]["nvidia_gpus"] == result["gpus"]
+    # one fabric read per GPU; links 0-17 and the refused 18 per GPU
+    assert sim.library.calls.count(FABRIC_V_CALL) == 8 and sim.library.calls.count(NVLINK_CALL) == 8 * 19
+
+
+def test_nvswitch_board_whose_fabric_manager_has_not_finished(sim, run):
+    """The states an operator must see: registration not started / in progress (fabric manager down or still
+    probing), a probe that completed with an error, and links down."""
+    sim.create("h100-80gb:8", nvswitch=True)
+    with sim.edit() as data:
+        simstate.set_fabric(data, [1], "not_started")
+        simstate.set_fabric(data, [2], "in_progress")
+        simstate.set_fabric(data, [3], status=23, clique_id=0, cluster_uuid=ZERO_UUID)
+        simstate.set_fabric(data, [4], status=999)
+        simstate.set_nvlink(data, [5], [0, 9], active=False)
+    gpus = run(nvidia_gpu_info, {"gather": ["nvlink"]})["gpus"]
+    assert [(g["fabric"]["supported"], g["fabric"]["state"]) for g in gpus[:3]] == [
+        (True, "completed"), (True, "not_started"), (True, "in_progress")]
+    assert (gpus[3]["fabric"]["state"], gpus[3]["fabric"]["status"], gpus[3]["fabric"]["status_code"],
+            gpus[3]["fabric"]["clique_id"], gpus[3]["fabric"]["cluster_uuid"]) == (
+        "completed", "insufficient_resources", 23, 0, ZERO_UUID)
+    assert (gpus[4]["fabric"]["status"], gpus[4]["fabric"]["status_code"]) == ("unknown_error", 999)
+    assert gpus[5]["nvlink"]["active_links"] == 16
+    assert [entry["link"] for entry in gpus[5]["nvlink"]["links"] if not entry["active"]] == [0, 9]
+    assert "profiles" not in gpus[0]["mig"] and "processes" not in gpus[0]  # only the nvlink subset was gathered
+
+
+def test_fabric_and_nvlink_on_a_gpu_without_nvswitch(sim, run):
+    """A single H100 as on the capture host (nvidia-smi -q: Fabric State N/A): NVML answers state NOT_SUPPORTED,
+    so the GPU is in no fabric; its links answer, all down."""
+    sim.create("h100-80gb:1")
+    gpu = run(nvidia_gpu_info)["gpus"][0]
+    assert gpu["fabric"] == {"supported": False, "state": "not_supported", "status": "unknown_error",
+                             "status_code": 999, "clique_id": 0, "cluster_uuid": ZERO_UUID, "nvml_error": None}
+    assert gpu["nvlink"] == {"supported": True, "active_links": 0, "links": _links([0] * 18),
+                             "ended_by": "invalid_argument"}
+
+
+@pytest.mark.parametrize("gpus, nvswitch, links", [
+    ("a100-80gb", True, [1] * 12),
+    ("a100-40gb", False, [0] * 12),
+    ("a30", False, [0] * 4),
+])
+def test_gpus_before_hopper_have_links_but_no_fabric_facts(sim, run, gpus, nvswitch, links):
+    sim.create(gpus, nvswitch=nvswitch)
+    gpu = run(nvidia_gpu_info)["gpus"][0]
+    assert gpu["fabric"] == NO_FABRIC
+    assert gpu["nvlink"] == {"supported": True, "active_links": sum(links), "links": _links(links),
+                             "ended_by": "not_supported"}
+
+
+def test_gpu_without_nvlink(sim, run):
+    sim.create("l4:2")
+    for gpu in run(nvidia_gpu_info)["gpus"]:
+        assert gpu["fabric"] == NO_FABRIC and gpu["nvlink"] == NO_NVLINK
+    assert sim.library.calls.count(NVLINK_CALL) == 2  # link 0 only
+
+
+def test_driver_without_the_fabric_and_nvlink_calls(sim, run):
+    """A driver whose NVML lacks the functions (FUNCTION_NOT_FOUND): supported false, no failure."""
+    sim.create("h200-141gb:2", nvswitch=True, absent_functions=[FABRIC_V_CALL, "nvmlDeviceGetGpuFabricInfo",
+                                                                NVLINK_CALL])
+    result = run(nvidia_gpu_info)
+    assert not result.failed, result
+    for gpu in result["gpus"]:
+        assert gpu["fabric"] == dict(NO_FABRIC, nvml_error="function_not_found")
+        assert gpu["nvlink"] == dict(NO_NVLINK, ended_by="function_not_found")
+
+
+def test_driver_before_550_answers_through_the_v1_call(sim, run):
+    sim.create("h200-141gb:2", nvswitch=True, absent_functions=[FABRIC_V_CALL])
+    gpus = run(nvidia_gpu_info, {"gather": ["min"]})["gpus"]
+    assert [(g["fabric"]["state"], g["fabric"]["nvml_error"]) for g in gpus] == [("completed", None)] * 2
+    assert sim.library.calls.count("nvmlDeviceGetGpuFabricInfo") == 2
+
+
+def test_binding_without_the_v_call_uses_v1(sim, run, monkeypatch):
+    """nvidia-ml-py 12.535 (the oldest supported) has only nvmlDeviceGetGpuFabricInfo and its v1 struct."""
+    sim.create("h100-80gb", nvswitch=True)
+    monkeypatch.delattr(N, FABRIC_V_CALL)
+    monkeypatch.delattr(N, "c_nvmlGpuFabricInfoV_t")
+    gpu = run(nvidia_gpu_info, {"gather": ["min"]})["gpus"][0]
+    assert (gpu["fabric"]["state"], gpu["fabric"]["supported"]) == ("completed", True)
+    assert FABRIC_V_CALL not in sim.library.calls
+
+
+@pytest.mark.parametrize("code, fabric_kind", [(3, "not_supported"), (999, None)])
+def test_fabric_read_errors_never_fail_the_gather(sim, run, code, fabric_kind):
+    """NOT_SUPPORTED from the V call is the answer; another error falls back to the v1 call, which answers."""
+    sim.create("h100-80gb:2", nvswitch=True)
+    sim.fault(FABRIC_V_CALL, call=2, code=code)
+    result = run(nvidia_gpu_info, {"gather": ["min"]})
+    assert not result.failed, result
+    assert result["gpus"][0]["fabric"]["state"] == "completed"
+    fabric = result["gpus"][1]["fabric"]
+    if fabric_kind:
+        assert fabric == dict(NO_FABRIC, nvml_error=fabric_kind)
+    else:
+        assert (fabric["state"], fabric["nvml_error"]) == ("completed", None)
+
+
+def test_a_link_read_error_is_reported_on_that_link_only(sim, run):
+    sim.create("h200-141gb", nvswitch=True)
+    sim.fault(NVLINK_CALL, call=4, code=999)
+    nvlink = run(nvidia_gpu_info, {"gather": ["nvlink"]})["gpus"][0]["nvlink"]
+    assert nvlink["links"][3] == {"link": 3, "active": None}
+    assert nvlink["active_links"] == 17 and len(nvlink["links"]) == 18
+
+
+@pytest.mark.parametrize("function", [FABRIC_V_CALL, NVLINK_CALL])
+def test_gpu_lost_during_the_fabric_or_link_reads_fails(sim, run, function):
+    sim.create("h200-141gb:2", nvswitch=True)
+    sim.fault(function, call=1, code=15)
+    result = run(nvidia_gpu_info)
+    assert result.failed and result["error_kind"] == "gpu_lost" and "GPU 0" in result["msg"]
+
+
+def test_gather_min_reads_the_fabric_but_no_links(sim, run):
+    sim.create("h200-141gb:8", nvswitch=True)
+    gpus = run(nvidia_gpu_info, {"gather": ["min"]})["gpus"]
+    assert all("nvlink" not in g and g["fabric"]["state"] == "completed" for g in gpus)
+    assert NVLINK_CALL not in sim.library.calls and sim.library.calls.count(FABRIC_V_CALL) == 8
