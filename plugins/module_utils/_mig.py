@@ -1273,8 +1273,10 @@ def _diff_lines(result):
     for verb, items, note in (("keep", devices["kept"], "same UUID: its clients are not disturbed"),
                               ("destroy", devices["destroyed"], None), ("create", devices["created"], None)):
         for item in items:
-            where = "GI %s at memory slices %s" % (item["gpu_instance_id"] if item["gpu_instance_id"] is not None
-                                                   else "(new)", _slices(item["gpu_instance_placement"]))
+            placement = item["gpu_instance_placement"]
+            where = "GI %s at memory slice%s %s" % (item["gpu_instance_id"] if item["gpu_instance_id"] is not None
+                                                    else "(new)", "s" if placement["size"] > 1 else "",
+                                                    _slices(placement))
             if item["placement"] is None:
                 where += ", no compute instance"
             else:

@@ -341,7 +341,7 @@ def plan_gpu(catalog, current, specs, where="this GPU"):
             plan.create_gis.append((spec, start))
             plan.new_ci_starts[start] = place_cis(catalog.slices(spec[0]), list(spec[1]))
         return plan
-    reason = explain_infeasible(catalog, specs, "this GPU") or "no placement fits"
+    reason = explain_infeasible(catalog, specs, "the GPU") or "no placement fits"
     raise LayoutError("layout cannot fit on %s: %s" % (where, reason), kind="does_not_fit")
 
 

@@ -21,7 +21,9 @@ description:
     deterministic.
   - Validates everything (profiles, fit, busy GPUs) on every selected GPU before the first change.
   - Atomic per GPU. If an NVML call fails part-way, what was created is destroyed and what was destroyed is
-    recreated at its old placement; the error says whether the GPU is back as it was.
+    recreated at its old placement (on Ampere, through another GPU reset when the run had reset the GPU); the
+    error says per GPU whether it is back as it was, and otherwise what changed and what could not be confirmed.
+    A GPU that changed is never reported with C(changed=false); one rolled back completely is.
   - Serialised with a host-wide lock so two runs never reconfigure GPUs at once.
   - On GPUs whose MIG mode change stays pending until a GPU reset (Ampere), resets the GPUs with
     C(nvidia-smi -r -i) when O(reset=if_needed) and no process uses them; otherwise reports
@@ -40,7 +42,9 @@ attributes:
     details: Computes and returns the plan without any NVML write.
   diff_mode:
     support: full
-    details: Shows a fixed-width map of each GPU's memory slices before and after.
+    details:
+      - Shows a fixed-width map of each GPU's memory slices before and after, then which MIG devices are kept (same
+        MIG UUID, their clients are not disturbed), destroyed and created.
   platform:
     platforms: posix
 options:
@@ -73,7 +77,10 @@ options:
         (by C(devices) and C(device-filter)), within O(devices) and O(device_filter).
       - Mutually exclusive with O(layout) and O(mode).
       - The file is read and validated, and O(config_name) checked against it, before any GPU is read. A file
-        that cannot be read or is not valid fails with RV(error_kind) V(invalid_config).
+        that cannot be read, is not UTF-8 text or is not valid fails with RV(error_kind) V(invalid_config). An
+        entry's C(device-filter) must be PCI device ids, as O(device_filter) must.
+      - RV(config_entries) says which GPUs each entry of the config selected; an entry that selects none is a
+        warning that names it.
     type: path
   config_name:
     description:
@@ -106,7 +113,8 @@ options:
     type: int
     default: 300
 notes:
-  - Needs root on the managed node (use become).
+  - Needs root on the managed node (use become). Check mode only reads and works without root; it then warns that
+    the real run needs root, and reads without the host lock when it cannot take it.
   - MIG devices that are recreated get new UUIDs; kept ones keep theirs.
   - GPU instances and compute instances do not survive a reboot or GPU reset, and on Hopper and later neither
     does the MIG mode. Apply the layout at boot, e.g. with this collection's mig role.
@@ -196,15 +204,43 @@ gpus:
       description: Product name.
       type: str
     changed:
-      description: Whether this GPU was (or in check mode would be) changed.
+      description:
+        - Whether this GPU was (or in check mode would be) changed. After a failure, false for a GPU that is as it
+          was (untouched, or rolled back completely) and true for one that is not or could not be read back.
       type: bool
+    confirmed:
+      description:
+        - False when the GPU could not be read back after its steps ran; RV(gpus[].after) is then the planned state.
+      type: bool
+    rolled_back:
+      description: Present and true on a failure for a GPU whose steps were rolled back (see RV(rollback)).
+      type: bool
+    config_entry:
+      description: With O(config_file), the name of the config whose entry gives this GPU's layout.
+      type: str
+    config_entry_index:
+      description: With O(config_file), the position of that entry in the config.
+      type: int
+    mig_devices:
+      description:
+        - The MIG devices the plan keeps (C(kept), same MIG UUID), destroys (C(destroyed)) and creates (C(created)),
+          each with C(profile), C(gpu_instance_profile), C(gpu_instance_id), C(gpu_instance_placement),
+          C(compute_instance_id), C(placement) and C(uuid) (null for devices check mode would create). A GPU
+          instance without compute instances is listed with a null C(placement).
+        - Null on a failure for a GPU whose plan did not complete.
+      type: dict
+    reset_problem:
+      description: Why a pending MIG mode could not be applied by a GPU reset.
+      type: str
     before:
       description:
         - MIG mode, pending mode, devices per profile (C(devices)) and the GPU instances with their
           ids, profiles, placements and compute instances (ids, profiles, placements, MIG device UUIDs).
       type: dict
     after:
-      description: The same after the run; in check mode the prediction (ids and UUIDs of new instances null).
+      description:
+        - The same after the run; in check mode the prediction (ids and UUIDs of new instances null).
+        - Null after a failure when the GPU could not be read back.
       type: dict
     plan:
       description: The steps for this GPU, in order (see RV(plan)).
@@ -258,10 +294,32 @@ reboot_required:
   returned: always
   type: bool
 rollback:
-  description: On failure, per GPU whose change was under way, whether it was restored and what could not be.
+  description:
+    - On failure, per GPU whose change was under way, C(gpu), C(restored) (true, false, or null when the GPU could
+      not be read back), C(problems), C(steps), C(instances), C(recreated_devices) (MIG devices recreated, with new
+      UUIDs) and C(command) (on Ampere, the GPU reset that finishes an unfinished rollback, else null).
   returned: when an NVML step failed
   type: list
   elements: dict
+failed_gpu:
+  description: On failure, the index of the GPU whose step failed (null when it failed in the GPU reset).
+  returned: when an NVML step failed
+  type: int
+refused:
+  description: When the layout was refused before any change, each refused GPU (C(gpu)) with its C(error_kind).
+  returned: when a GPU refused the target
+  type: list
+  elements: dict
+config_entries:
+  description:
+    - With O(config_file), per entry of the config, C(entry) (its position), C(device_filter), C(devices),
+      C(mig_enabled) and C(selected), the indices of the GPUs it selected.
+  returned: with config_file
+  type: list
+  elements: dict
+  sample:
+    - {entry: 0, device_filter: ["0x233010DE"], devices: all, mig_enabled: true, selected: [0, 1]}
+    - {entry: 1, device_filter: ["0x20B010DE"], devices: all, mig_enabled: true, selected: []}
 """
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import GpuopsError

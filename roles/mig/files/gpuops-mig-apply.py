@@ -10,8 +10,10 @@ neither does the MIG mode). It imports the same engine as the nvidia_mig module,
 collection's module_utils under /usr/local/lib/gpuops-nvidia, and runs what the module runs:
 validate_desired() on the state file (the nvidia_mig options, as the role passed them to the module, plus the
 parsed mig-parted config under `_mig_parted_config` when a config file is used, so no PyYAML is needed),
-then the host-wide MIG lock, desired_targets() and apply(). It logs the plan and the resulting slice maps on
-stdout (the journal), then re-plans to verify that nothing is left to do.
+then the host-wide MIG lock, select_targets() and apply(). It logs on stdout (the journal) which GPUs each config
+entry selected, the plan, the MIG devices kept (same UUID), destroyed and created, and the resulting slice maps,
+then re-plans to verify that nothing is left to do. Warnings and failures go to stderr; a failure says per GPU
+whether it changed, and the command that finishes an Ampere rollback the engine could not finish.
 
     gpuops-mig-apply [--state /etc/gpuops/mig.json] [--lib /usr/local/lib/gpuops-nvidia] [--check]
 
