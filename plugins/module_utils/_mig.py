@@ -455,18 +455,33 @@ def _destroy_all_plan(state):
     return plan
 
 
-# Where a refusal names the GPU: plan_work() writes its messages around this mark, so that apply() can say a
-# refusal that several GPUs share once, with the list of GPUs (`GPUs 0-7 (NVIDIA H100 80GB HBM3)`).
+# Where a refusal names the GPU: plan_work() writes its messages around these marks, so that apply() can say a
+# refusal that several GPUs share once, with the list of GPUs (`GPUs 0-7 (NVIDIA H100 80GB HBM3)`), the per-GPU
+# detail (the processes of a busy GPU) after it, and `it` or `them`.
 _WHERE = "\x00where\x00"
+_DETAIL = "\x00detail\x00"
+_IT = "\x00it\x00"
 
 
 class _Refusal(MigError):
-    """A GPU that cannot take its target (nothing written): the message, and its template around _WHERE."""
+    """A GPU that cannot take its target (nothing written): the message, and its template around the marks."""
 
-    def __init__(self, template, kind, target):
+    def __init__(self, template, kind, target, detail=None):
         self.template = template
         self.target = target
-        super(_Refusal, self).__init__(template.replace(_WHERE, _where([target])), kind=kind)
+        self.detail = detail
+        super(_Refusal, self).__init__(_render(template, [self]), kind=kind)
+
+
+def _render(template, refusals):
+    """A refusal's message for one GPU or for several that share it."""
+    details = [r.detail for r in refusals]
+    if len(set(details)) == 1:
+        detail = details[0] or ""
+    else:
+        detail = "; ".join("GPU %d: %s" % (r.target.gpu.index, r.detail) for r in refusals)
+    return (template.replace(_WHERE, _where([r.target for r in refusals])).replace(_DETAIL, detail)
+            .replace(_IT, "it" if len(refusals) == 1 else "them"))
 
 
 def _ranges(numbers):
@@ -574,8 +589,8 @@ def _check_busy(work, mode_change, options):
         return
     target = work.target
     if mode_change or work.needs_reset:
-        raise _Refusal("cannot change the MIG mode of %s: compute processes use it: %s; stop them first"
-                       % (_WHERE, _process_text(processes)), "busy", target)
+        raise _Refusal("cannot change the MIG mode of %s: compute processes use %s: %s; stop them first"
+                       % (_WHERE, _IT, _DETAIL), "busy", target, _process_text(processes))
     doomed = set()
     for step in work.steps:
         if step["action"] == "destroy_compute_instance":
@@ -588,11 +603,11 @@ def _check_busy(work, mode_change, options):
         return
     if hit:
         raise _Refusal("cannot reconfigure %s: compute processes run on MIG devices that must be destroyed: %s; "
-                       "stop them first" % (_WHERE, _process_text(hit)), "busy", target)
+                       "stop them first" % (_WHERE, _DETAIL), "busy", target, _process_text(hit))
     if not options.allow_busy_kept_instances:
-        raise _Refusal("cannot reconfigure %s while compute processes run on it: %s (they use only instances "
+        raise _Refusal("cannot reconfigure %s while compute processes run on %s: %s (they use only instances "
                        "that are kept; set allow_busy_kept_instances to proceed anyway)"
-                       % (_WHERE, _process_text(processes)), "busy", target)
+                       % (_WHERE, _IT, _DETAIL), "busy", target, _process_text(processes))
 
 
 def _layout_text(layout):
@@ -1104,13 +1119,11 @@ def _plan_all(session, targets, options):
         template = getattr(exc, "template", None)
         for group in groups:
             if template is not None and (group["kind"], group["template"]) == (exc.kind, template):
-                group["targets"].append(exc.target)
+                group["refusals"].append(exc)
                 break
         else:
-            groups.append({"kind": exc.kind, "template": template, "message": exc.message,
-                           "targets": [exc.target] if template is not None else []})
-    messages = [g["template"].replace(_WHERE, _where(g["targets"])) if g["template"] is not None else g["message"]
-                for g in groups]
+            groups.append({"kind": exc.kind, "template": template, "message": exc.message, "refusals": [exc]})
+    messages = [_render(g["template"], g["refusals"]) if g["template"] is not None else g["message"] for g in groups]
     kinds = sorted(set(e.kind for e in refusals))
     refused = [{"gpu": e.target.gpu.index, "error_kind": e.kind} for e in refusals if getattr(e, "target", None)]
     raise MigError("; ".join(messages) + " (nothing was changed)", kind=kinds[0] if len(kinds) == 1 else "invalid",

@@ -248,6 +248,22 @@ def test_refusals_are_grouped_per_message(sim, run):
     assert sim.writes() == []
 
 
+def test_busy_gpus_are_one_sentence_with_their_processes(sim, run):
+    sim.create("h100-80gb:4")
+    for index in range(4):
+        sim.add_process(index, pid=100 + index, name="trainer")
+    result = mig(run, layout={"7g.80gb": 1})
+    assert result.failed and result["error_kind"] == "busy"
+    assert result["msg"] == ("cannot change the MIG mode of GPUs 0-3 (NVIDIA H100 80GB HBM3): compute processes use "
+                             "them: GPU 0: 100 (trainer); GPU 1: 101 (trainer); GPU 2: 102 (trainer); GPU 3: 103 "
+                             "(trainer); stop them first (nothing was changed)")
+    sim.create("h100-80gb:2")
+    sim.add_process(1, pid=7777, name="job")
+    result = mig(run, layout={"7g.80gb": 1})
+    assert "cannot change the MIG mode of GPU 1 (NVIDIA H100 80GB HBM3, %s): compute processes use it: 7777 (job); " \
+        "stop them first" % sim.gpu(1)["bus_id"] in result["msg"]
+
+
 @pytest.mark.parametrize("args, kind", [
     ({"layout": {"3g.40gb": 1}}, "unknown_profile"),
     ({"layout": {"2c.1g.5gb": 1}}, "unknown_profile"),
