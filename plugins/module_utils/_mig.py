@@ -7,15 +7,18 @@
     desired = validate_desired(params)          # MIG_SPEC, the selector and the cross-option rules
     with HostLock(desired["lock_file"], desired["lock_timeout"]):
         with NvmlSession() as session:
-            result = apply(session, desired_targets(session, desired), Options.from_desired(desired))
+            selection = select_targets(session, desired)   # .targets, and what each config entry selected
+            result = apply(session, selection.targets, Options.from_desired(desired))
 
 The nvidia_mig module and the mig role's boot helper (gpuops-mig-apply) both run exactly this: the module on
 its parameters, the helper on the JSON the role wrote (the role's variables under the module's option names).
 
 Everything is validated and planned for every GPU before the first NVML write. Each GPU is changed
 atomically: if an NVML call fails, the GPUs whose plan was under way are restored to the snapshot taken
-before (GIs and CIs recreated at their old placements, MIG mode set back) and the error says what was
-restored and what could not be.
+before (GIs and CIs recreated at their old placements, MIG mode set back, through another GPU reset where the
+run reset an Ampere GPU) and the error says per GPU what was restored and what could not be. A GPU's
+`changed` is what the GPU is, never false over a changed GPU: a GPU that cannot be read back after its last
+write fails the run with changed true and its planned state (confirmed false).
 """
 
 from __future__ import absolute_import, division, print_function
