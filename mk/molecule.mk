@@ -49,28 +49,55 @@ $(addprefix molecule-,$(MOLECULE_SCENARIOS)): molecule-%: venv collection-link n
 molecule-clean:
 	$(PYTHON) $(NODE_SCRIPT) destroy-all
 
-# Boot one simulated node (8 x H100 80GB), converge playbooks/site.yml on it over SSH, print the GPUs,
-# tear it down (KEEP=1 keeps it).
+# The demo, as a new user sees it: boot one simulated node (8 x H100 80GB, nspawn), put it in the example
+# inventory's Slurm group, show what it is asked, converge playbooks/site.yml, write the GPU report, converge again
+# (must change nothing), tear the node down (KEEP=1 keeps it). Each stage says what it does and how long it took.
+DEMO_GROUP ?= slurm_gpu_nodes
+DEMO_REPORT_DIR := $(DEMO_DIR)/gpu-report
+DEMO_ANSIBLE := ANSIBLE_DISPLAY_SKIPPED_HOSTS=false ANSIBLE_CALLBACK_RESULT_FORMAT=yaml $(BIN)/ansible-playbook \
+	-i inventory/example -i $(DEMO_DIR)/inventory.ini --limit gpu-node-1 -e @playbooks/vars/demo.yml
 demo: venv collection-link nspawn-tools
 	@set -euo pipefail; \
+	t0=$$(date +%s); \
+	stage() { echo; echo "=== [$$(( $$(date +%s) - t0 ))s] $$*"; }; \
 	mkdir -p $(DEMO_DIR); \
-	teardown() { if [ -z "$(KEEP)" ]; then $(BIN)/python $(NODE_SCRIPT) destroy --dir $(DEMO_NODE) >/dev/null && echo "demo node destroyed"; fi; }; \
+	teardown() { if [ -z "$(KEEP)" ]; then $(BIN)/python $(NODE_SCRIPT) destroy --dir $(DEMO_NODE) >/dev/null \
+		&& echo "=== [$$(( $$(date +%s) - t0 ))s] demo node gpu-node-1 destroyed (make demo KEEP=1 keeps it)"; fi; }; \
 	trap teardown EXIT; \
-	start=$$(date +%s); \
+	if [ -e $(DEMO_NODE) ]; then $(BIN)/python $(NODE_SCRIPT) destroy --dir $(DEMO_NODE) >/dev/null; \
+		echo "removed the node a previous demo kept"; fi; \
+	stage "1/6 booting gpu-node-1: a Debian $(DEMO_RELEASE) systemd-nspawn container on this machine, reached over SSH" \
+		"(the first run builds and caches its root filesystem, which takes a few minutes)"; \
 	$(BIN)/python $(NODE_SCRIPT) create --dir $(DEMO_NODE) --name gpu-node-1 --release $(DEMO_RELEASE) >/dev/null; \
-	$(BIN)/python $(NODE_SCRIPT) inventory --dir $(DEMO_NODE) > $(DEMO_DIR)/inventory.ini; \
-	echo "booted gpu-node-1 ($(DEMO_RELEASE)) in $$(( $$(date +%s) - start ))s"; \
+	{ echo "[$(DEMO_GROUP)]"; $(BIN)/python $(NODE_SCRIPT) inventory --dir $(DEMO_NODE); } > $(DEMO_DIR)/inventory.ini; \
+	stage "2/6 SIMULATED GPUs: this machine has no GPU and no NVIDIA driver. gpu-node-1 gets $(DEMO_GPUS) GPUs from" \
+		"the NVML simulator (pynvml on the node talks to it) and stand-ins for nvidia-smi, nvidia-persistenced and" \
+		"nvidia-cuda-mps-control; the driver counts as installed (the driver role is switched off)"; \
 	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini $(NODE_DIR)/prepare.yml -e gpuops_gpus=$(DEMO_GPUS) >$(DEMO_DIR)/prepare.log \
 		|| { tail -n 40 $(DEMO_DIR)/prepare.log; exit 1; }; \
-	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml -e @playbooks/vars/demo.yml; \
-	echo "=== second run (must change nothing)"; \
-	$(BIN)/ansible-playbook -i $(DEMO_DIR)/inventory.ini playbooks/site.yml -e @playbooks/vars/demo.yml > $(DEMO_DIR)/second-run.log \
-		|| { tail -n 40 $(DEMO_DIR)/second-run.log; exit 1; }; \
+	grep -o "gpu-node-1: [0-9]* simulated GPU(s) ([^)]*)" $(DEMO_DIR)/prepare.log || true; \
+	stage "3/6 what site.yml is asked to do: gpu-node-1 is in group $(DEMO_GROUP) of inventory/example"; \
+	for f in inventory/example/group_vars/gpu_nodes.yml inventory/example/group_vars/$(DEMO_GROUP).yml playbooks/vars/demo.yml; do \
+		echo "--- $$f"; grep -v -e '^ *#' -e '^---$$' -e '^$$' $$f | sed 's/^/    /'; done; \
+	echo "    (demo.yml is given with -e and wins over the inventory)"; \
+	stage "4/6 converging playbooks/site.yml on gpu-node-1 (driver off, persistenced, MIG, MPS; nvshare off)"; \
+	$(DEMO_ANSIBLE) playbooks/site.yml | tee $(DEMO_DIR)/site-run.log; \
+	stage "5/6 the GPU report: playbooks/gpu_report.yml reads the node back and compares it with the inventory"; \
+	$(DEMO_ANSIBLE) playbooks/gpu_report.yml -e gpuops_report_dir=$(DEMO_REPORT_DIR) > $(DEMO_DIR)/report-run.log \
+		|| { tail -n 60 $(DEMO_DIR)/report-run.log; exit 1; }; \
+	sed -n '/^TASK \[Say where the report is\]/,/^$$/p' $(DEMO_DIR)/report-run.log | grep -v '^TASK' ; \
+	stage "6/6 second run of site.yml: must change nothing"; \
+	$(DEMO_ANSIBLE) playbooks/site.yml > $(DEMO_DIR)/second-run.log || { tail -n 40 $(DEMO_DIR)/second-run.log; exit 1; }; \
 	grep -A2 "PLAY RECAP" $(DEMO_DIR)/second-run.log; \
-	grep -q "changed=0" $(DEMO_DIR)/second-run.log || { echo "second run changed something"; exit 1; }; \
+	grep -Eq "gpu-node-1 +: ok=[0-9]+ +changed=0 .*failed=0" $(DEMO_DIR)/second-run.log \
+		|| { echo "the second run changed something (log: $(DEMO_DIR)/second-run.log)"; exit 1; }; \
+	echo; echo "=== [$$(( $$(date +%s) - t0 ))s] done: second run changed=0"; \
+	echo "GPU report:  $(DEMO_REPORT_DIR)/gpu-report.html (file://$(DEMO_REPORT_DIR)/gpu-report.html)"; \
+	echo "Markdown:    $(DEMO_REPORT_DIR)/gpu-report.md"; \
+	echo "logs:        $(DEMO_DIR)/{prepare,site-run,report-run,second-run}.log"; \
 	if [ -n "$(KEEP)" ]; then \
-		echo; echo "node kept. log in:  $$($(BIN)/python -c 'import json,sys; print(" ".join(json.load(sys.stdin)["ssh"]))' < <($(BIN)/python $(NODE_SCRIPT) ssh-command --dir $(DEMO_NODE)))"; \
-		echo "inventory:          $(DEMO_DIR)/inventory.ini"; \
+		echo "node kept. log in:  $$($(BIN)/python -c 'import json,sys; print(" ".join(json.load(sys.stdin)["ssh"]))' < <($(BIN)/python $(NODE_SCRIPT) ssh-command --dir $(DEMO_NODE)))"; \
+		echo "inventory:          -i inventory/example -i $(DEMO_DIR)/inventory.ini --limit gpu-node-1 -e @playbooks/vars/demo.yml"; \
 		echo "destroy it:         make demo-destroy"; \
 	fi
 
