@@ -145,6 +145,9 @@ def ensure(nvml, params, check_mode=False):
         warnings.append(LEGACY_WARNING)
     if state == "disabled" and daemon["running"]:
         warnings.append(DAEMON_WARNING % (daemon["pid"] if daemon["pid"] is not None else "unknown"))
+    if check_mode and changed and os.geteuid() != 0:
+        warnings.append("check mode ran as uid %d: setting persistence mode needs root, so the real run needs "
+                        "become" % os.geteuid())
     return {
         "changed": changed,
         "state": state,

@@ -330,6 +330,7 @@ def test_non_root_can_read_and_check(sim):
     result = run_as_nobody(sim, {"state": "disabled"}, check_mode=True)[0]
     assert result.get("failed") is not True, result
     assert result["changed"] is True
+    assert any("the real run needs become" in str(w) for w in result.get("warnings", [])), result
 
 
 # -- device selection ---------------------------------------------------------------------------------------
