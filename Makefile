@@ -13,7 +13,7 @@ VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := .build/dist/gpuops-nvidia-$(VERSION).tar.gz
 INSTALLED := $(CURDIR)/.build/installed
 
-.PHONY: help venv collection-link test unit sanity lint build build-check demo clean shellcheck-tool ee docs-lint \
+.PHONY: help venv collection-link chromium test unit sanity lint build build-check demo clean shellcheck-tool ee docs-lint \
 	changelog changelog-check
 
 help:
@@ -34,8 +34,15 @@ collection-link:
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
-unit: venv collection-link
-	$(BIN)/python -m pytest -q tests/unit
+# The GPU report's browser test (tests/unit/plugins/filter/test_gpu_report_browser.py) runs Debian's chromium
+# headless: installed when missing, and required (not skipped) here.
+chromium:
+	@command -v chromium >/dev/null || { echo "installing chromium for the GPU report's browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; }
+
+unit: venv collection-link chromium
+	GPUOPS_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q tests/unit
 
 # ansible-test's shellcheck sanity test is skipped when shellcheck is missing: install it (Debian/Ubuntu).
 shellcheck-tool:

@@ -596,9 +596,12 @@ def _mps_daemons(found, desired, rows, gpus, node_drift):
                 elif name not in row["daemons"]:
                     row["daemons"].append(name)
                 for what in drift:
+                    gpu_of = re.search(r"compute mode of GPU (\d+)", what)
+                    if gpu_of and int(gpu_of.group(1)) != row["index"]:
+                        continue  # the engine names the GPU whose compute mode differs
                     row["drift"].append("MPS %s: %s" % (daemon["short"], what))
                     row["mps_drift"] += 1
-                    if "compute mode" in what:
+                    if gpu_of:
                         row["differs"].append("compute_mode")
                     else:
                         row["differs"].append("mps")
@@ -838,7 +841,7 @@ def text_table(node, text=False):
     """The lines the playbooks print for a node: a headline, what the inventory asks, the GPU table, the
     MPS daemons with what they serve, and every difference from the inventory. `text`: one string."""
     lines = _text_lines(node)
-    return "\n".join(lines) if text else lines
+    return "\n".join(lines) if str(text).lower() in ("true", "yes", "1") else lines
 
 
 def _text_lines(node):
