@@ -110,6 +110,7 @@ cat >"$WORK/playbook.yml" <<EOF
     nvshare_cache_dir: $WORK/cache
     nvshare_lib_dir: $WORK/lib
     nvshare_config_dir: $WORK/etc
+    nvshare_python: $(command -v python3)
     nvshare_tq: $TQ
     nvshare_anti_thrash: true
     nvshare_clients: $CLIENTS_YAML
