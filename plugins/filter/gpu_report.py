@@ -332,9 +332,9 @@ def asked(desired):
                                                                        defaults.get("default_device_pinned_mem_limit")),
                                    "client_priority": item.get("default_client_priority",
                                                                defaults.get("default_client_priority"))})
-            lines.append("MPS: daemon %s on %s%s" % (item.get("name"), _devices_text(item.get("devices"),
-                                                                                     item.get("device_filter")),
-                                                    "" if limits == "none" else ", " + limits))
+            where = _devices_text(item.get("devices"), item.get("device_filter"))
+            extra = "" if limits == "none" else ", " + limits
+            lines.append("MPS: daemon %s on %s%s" % (item.get("name"), where, extra))
     else:
         lines.append("MPS: not managed")
     nvshare = desired.get("nvshare") or {}
@@ -615,7 +615,7 @@ def _daemon_order(daemon):
     if not daemon["devices"]:
         return (-1, 0, daemon["name"])
     first = daemon["devices"][0]
-    start = int(str(first.get("slices") or "0").split("-")[0])
+    start = int(str(first.get("slices") or "0").split("-", 1)[0])
     return (first["gpu"] if first["gpu"] is not None else 999, start, daemon["name"])
 
 
@@ -711,7 +711,7 @@ def _driver(desired, driver, node_drift):
         return
     if want.get("version") and version != str(want["version"]):
         node_drift.append({"where": "driver", "what": "driver %s, the inventory wants %s" % (version, want["version"])})
-    elif want.get("branch") and version.split(".")[0] != str(want["branch"]):
+    elif want.get("branch") and version.split(".", 1)[0] != str(want["branch"]):
         node_drift.append({"where": "driver", "what": "driver %s, the inventory wants branch %s"
                            % (version, want["branch"])})
 
@@ -974,7 +974,7 @@ def slices_svg(gpu, width=300, height=40, daemons=None):
         parts.append("</svg>")
         return "".join(parts)
     cell = (width - 2) / float(total)
-    bar = height - 14
+    box = height - 14
     for segment in gpu["segments"]:
         x = 1 + segment["start"] * cell
         w = segment["size"] * cell - 2
@@ -982,25 +982,25 @@ def slices_svg(gpu, width=300, height=40, daemons=None):
             title = "%s on memory slices %s: %s" % (segment["profile"], segment["slices"], ", ".join(
                 "%s %s" % (d["profile"], d["uuid"]) for d in segment["devices"]) or "no compute instance")
             parts.append('<g><title>%s</title><rect x="%.1f" y="4" width="%.1f" height="%d" rx="3" fill="%s"/>'
-                         % (_e(title), x, w, bar, _segment_colour(segment)))
+                         % (_e(title), x, w, box, _segment_colour(segment)))
             count = len(segment["devices"])
             for position in range(1, count):
                 sx = x + w * position / count
                 parts.append('<line x1="%.1f" y1="6" x2="%.1f" y2="%d" stroke="#fff" stroke-dasharray="2 2"/>'
-                             % (sx, sx, bar + 2))
+                             % (sx, sx, box + 2))
             text = segment["label"] if len(segment["label"]) * 6.3 < w else segment["profile"].split(".")[0]
             parts.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#fff">%s</text></g>'
-                         % (x + w / 2, bar // 2 + 8, _e(text)))
+                         % (x + w / 2, box // 2 + 8, _e(text)))
         else:
             fill = "url(#hatch)" if segment["kind"] == "free" else "#eef1f3"
             parts.append('<g><title>%s</title><rect x="%.1f" y="4" width="%.1f" height="%d" rx="3" fill="%s" '
-                         'stroke="#9aa7b0" stroke-dasharray="3 2"/>' % (_e(segment["why"]), x, w, bar, fill))
+                         'stroke="#9aa7b0" stroke-dasharray="3 2"/>' % (_e(segment["why"]), x, w, box, fill))
             if segment["kind"] == "unusable":
                 parts.append('<line x1="%.1f" y1="6" x2="%.1f" y2="%d" stroke="#b0bac0"/>'
                              '<line x1="%.1f" y1="%d" x2="%.1f" y2="6" stroke="#b0bac0"/>'
-                             % (x + 2, x + w - 2, bar + 2, x + 2, bar + 2, x + w - 2))
+                             % (x + 2, x + w - 2, box + 2, x + 2, box + 2, x + w - 2))
             parts.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#5f6b73">%s</text></g>'
-                         % (x + w / 2, bar // 2 + 8, "free" if segment["kind"] == "free" else "&#215;"))
+                         % (x + w / 2, box // 2 + 8, "free" if segment["kind"] == "free" else "&#215;"))
     for index in range(total):
         parts.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#8a969e" style="font-size:9px;'
                      'font-weight:400">%d</text>' % (1 + (index + 0.5) * cell, height - 1, index))
@@ -1104,8 +1104,8 @@ def _node_html(node):
         out.append('<h3>MPS daemons</h3><table class="mps"><thead><tr><th>Daemon</th><th>Serves</th><th>State</th>'
                    '<th>Limits</th><th>Clients</th><th>Client environment</th></tr></thead><tbody>')
         for daemon in node["mps"]:
-            state = '<span class="dot%s"></span>%s' % ("" if daemon["running"] else " down",
-                                                      "running" if daemon["running"] else _e(daemon["unit"] or "down"))
+            word = "running" if daemon["running"] else _e(daemon["unit"] or "down")
+            state = '<span class="dot%s"></span>%s' % ("" if daemon["running"] else " down", word)
             if not daemon["in_inventory"]:
                 state += ' <span class="small">(not in the inventory)</span>'
             out.append('<tr class="%s"><td class="mono">%s<div class="small">%s</div></td><td>%s</td><td>%s</td>'
@@ -1243,9 +1243,9 @@ def markdown_report(nodes, title="GPU fleet report", generated=None, missing=Non
                                           if daemon else "none"))
             for name in gpu["daemons"]:
                 daemon = daemons[name]
-                mps.append("%s (%s): %s, %s, %s" % (daemon["short"], daemon["serves"],
-                                                     "up" if daemon["running"] else "DOWN", daemon["limits_label"],
-                                                     _clients_text(daemon)))
+                mps.append("%s (%s): %s, %s, %s" % (
+                    daemon["short"], daemon["serves"], "up" if daemon["running"] else "DOWN", daemon["limits_label"],
+                    _clients_text(daemon)))
             nvshare = "-"
             if gpu["nvshare"]:
                 nvshare = "scheduler up" if gpu["nvshare"]["running"] else gpu["nvshare"]["state"]

@@ -56,8 +56,8 @@ def info(*gpus):
 
 
 def test_the_filters_are_registered():
-    assert sorted(FilterModule().filters()) == ["gpu_report_html", "gpu_report_markdown", "gpu_report_mps_items",
-                                                 "gpu_report_node", "gpu_report_table"]
+    assert sorted(FilterModule().filters()) == [
+        "gpu_report_html", "gpu_report_markdown", "gpu_report_mps_items", "gpu_report_node", "gpu_report_table"]
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -207,8 +207,9 @@ def test_mig_drift_comes_from_the_modules_check_mode():
 
 def test_a_refused_check_is_drift_even_when_the_task_ignored_the_failure():
     # failed_when: false sets failed to false but keeps the collection's failure payload.
-    found = {"gpu_info": info(gpu(0)), "mig_check": {"failed": False, "failed_when_result": False,
-                                                      "msg": "unknown profile 9g.90gb", "error_kind": "unknown_profile"}}
+    refused = {"failed": False, "failed_when_result": False, "msg": "unknown profile 9g.90gb",
+               "error_kind": "unknown_profile"}
+    found = {"gpu_info": info(gpu(0)), "mig_check": refused}
     node = report.node_model(found, {"mig": {"enabled": True}})
     assert node["drift"] == [{"where": "MIG", "what": "the inventory's MIG settings were refused on the node: "
                                                       "unknown profile 9g.90gb"}]
@@ -222,14 +223,14 @@ def _slurp(name, config):
 
 
 def test_mps_items_from_the_plan_and_from_daemons_only_on_the_node():
-    plan = {"instances": [{"name": "shared", "config": {"pipe_directory": "/run/nvidia-mps/shared", "devices": [6],
-                                                         "default_client_priority": None}}]}
+    config = {"pipe_directory": "/run/nvidia-mps/shared", "devices": [6], "default_client_priority": None}
+    plan = {"instances": [{"name": "shared", "config": config}]}
     stale = {"results": [_slurp("old", {"pipe_directory": "/run/nvidia-mps/old", "user": None}),
                          {"item": "broken", "failed": True, "msg": "file not found"},
                          {"skipped": True}]}
     assert report.mps_items(plan, stale) == [
-        {"name": "shared", "in_inventory": True, "config": {"pipe_directory": "/run/nvidia-mps/shared",
-                                                             "devices": [6]}},
+        {"name": "shared", "in_inventory": True,
+         "config": {"pipe_directory": "/run/nvidia-mps/shared", "devices": [6]}},
         {"name": "old", "in_inventory": False, "config": {"pipe_directory": "/run/nvidia-mps/old"}}]
     assert report.mps_items({"skipped": True}, {"results": []}) == []
     assert report.mps_items({"failed": False, "error_kind": "invalid_argument", "msg": "x"}, None) == []
@@ -243,8 +244,8 @@ def _check(name, pid=400, devices=None, servers=None, defaults=None, actions=Non
 
 
 def test_mps_daemons_their_devices_limits_clients_and_drift():
-    gpus = [gpu(0, "enabled", MIXED), gpu(1, compute_mode="exclusive_process",
-                                         processes=[{"pid": 4242, "name": "python3", "used_gpu_memory": 2 ** 30}]),
+    client = {"pid": 4242, "name": "python3", "used_gpu_memory": 2 ** 30}
+    gpus = [gpu(0, "enabled", MIXED), gpu(1, compute_mode="exclusive_process", processes=[client]),
             gpu(2, compute_mode="default")]
     mig_uuid = MIXED[1]["compute_instances"][0]["uuid"]
     plan = {"instances": [
@@ -256,8 +257,8 @@ def test_mps_daemons_their_devices_limits_clients_and_drift():
                                   {"uuid": gpus[2]["uuid"], "type": "gpu", "index": 2}],
                servers=[{"pid": 500, "status": "ACTIVE", "clients": [4242]}],
                defaults={"active_thread_percentage": 50.0, "device_pinned_mem_limit": {}},
-               actions=["set the compute mode of GPU 2 (NVIDIA H100 80GB HBM3, 00000000:38:00.0) from default "
-                       "to exclusive_process"]),
+               actions=["set the compute mode of GPU 2 (NVIDIA H100 80GB HBM3, 00000000:38:00.0) from default to "
+                        "exclusive_process"]),
         dict(_check(mig_uuid, pid=None, devices=[{"uuid": mig_uuid, "type": "mig", "parent_index": 0}]),
              actions=["start the MPS control daemon on /run/nvidia-mps/%s" % mig_uuid]),
         _check("leftover", devices=[{"uuid": gpus[2]["uuid"], "type": "gpu", "index": 2}])]}

@@ -50,8 +50,8 @@ def test_a_converged_slurm_node_is_in_sync(node, sim):
     assert converged["summary"] == ("8 x NVIDIA H100 80GB HBM3, driver 580.159.04 (SIMULATED GPUs and driver): in sync "
                                     "with the inventory")
     gpu0 = converged["gpus"][0]
-    assert [(d["profile"], d["slices"]) for d in gpu0["mig_devices"]] == [("3g.40gb", "0-3"), ("2g.20gb", "4-5"),
-                                                                           ("1g.10gb", "6")]
+    assert [(d["profile"], d["slices"]) for d in gpu0["mig_devices"]] == [
+        ("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6")]
     assert [d["daemon"] for d in gpu0["mig_devices"]] == mig_uuids(sim, 0)
     assert [s["kind"] for s in gpu0["segments"]] == ["gi", "gi", "gi", "unusable"]
     assert [(g["compute_mode"], g["daemons"]) for g in converged["gpus"][2:]] == \
