@@ -116,7 +116,6 @@ class MpsDaemon:
     def _running(self):
         return self.control is not None and self.control.is_running()
 
-
     def _report(self, want_running):
         report = {"running": False, "pid": None, "servers": [], "defaults": {}}
         if not want_running:
@@ -331,6 +330,7 @@ class MpsDaemon:
             if owner and uid is not None and uid != owner[0]:
                 drift.append("user (uid %d)" % uid)
         return drift
+
 
 # -- helpers ---------------------------------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ export OUT=/tmp/gpuops-gpu-evidence
 rm -rf "$OUT"
 source "$(dirname "$0")/setup.sh"
 set +e
-export GPUOPS_GPU_OUT="$EVIDENCE" GPUOPS_GPU_PYTHON="$(command -v python3)" PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
+GPUOPS_GPU_PYTHON="$(command -v python3)"
+export GPUOPS_GPU_OUT="$EVIDENCE" GPUOPS_GPU_PYTHON PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 SETTINGS="index,uuid,persistence_mode,compute_mode,mig.mode.current"
 nvidia-smi --query-gpu=$SETTINGS --format=csv >"$EVIDENCE/settings-before.csv"
 nvidia-smi -L >"$EVIDENCE/gpus.txt"
-cd "$GPUOPS_REPO"
+cd "$GPUOPS_REPO" || exit 2
 start=$(date +%s)
 MOLECULE_GLOB="extensions/molecule/*/molecule.yml" python3 -m molecule --base-config extensions/molecule/config.yml test -s gpu >"$EVIDENCE/molecule.log" 2>&1
 status=$?

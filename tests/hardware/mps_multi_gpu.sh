@@ -26,11 +26,13 @@ COUNT=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 echo "GPUs: $COUNT"; cat "$OUT_DIR/settings-before.csv"
 mps() {  # mps INDEX NAME ARGS...: the module ad hoc for GPU INDEX's daemon, JSON to $OUT_DIR/NAME.json
   local index=$1 name=$2; shift 2
-  local start=$(date +%s.%N)
+  local start
+  start=$(date +%s.%N)
   ansible localhost -m gpuops.nvidia.nvidia_mps -a "pipe_directory=/tmp/gpuops-mps-$index/pipe log_directory=/tmp/gpuops-mps-$index/log compute_mode=keep $*" \
     2>"$OUT_DIR/$name.stderr" | json_of >"$OUT_DIR/$name.json"
   echo "$name: $(python3 -c "import time; print(round(time.time() - $start, 2))") s wall" >>"$OUT_DIR/timings.txt"
 }
+# shellcheck disable=SC2034  # used inside the eval'd client commands below
 CLIENT_PY='
 import os, sys, time, torch
 gib = 1 << 30
@@ -47,7 +49,7 @@ time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
 print("client done", flush=True)
 '
 for i in $(seq 0 $((COUNT - 1))); do
-  mps $i start-$i "devices=$i" "default_device_pinned_mem_limit='{\"0\": \"4G\"}'"
+  mps "$i" "start-$i" "devices=$i" "default_device_pinned_mem_limit='{\"0\": \"4G\"}'"
   check "GPU $i daemon started" "[ \"\$(field $OUT_DIR/start-$i.json 'd[\"running\"]')\" = True ]"
   field "$OUT_DIR/start-$i.json" 'd["client_environment"]' >"$OUT_DIR/client-env-$i.txt"
 done
@@ -59,8 +61,8 @@ for i in $(seq 0 $((COUNT - 1))); do
 done
 for i in $(seq 0 $((COUNT - 1))); do for _ in $(seq 1 120); do grep -q "6GiB" "$OUT_DIR/client-$i.txt" && break; sleep 0.5; done; done
 for i in $(seq 0 $((COUNT - 1))); do
-  mps $i report-$i "devices=$i" "default_device_pinned_mem_limit='{\"0\": \"4G\"}'"
-  UUID=$(nvidia-smi -i $i --query-gpu=uuid --format=csv,noheader)
+  mps "$i" "report-$i" "devices=$i" "default_device_pinned_mem_limit='{\"0\": \"4G\"}'"
+  UUID=$(nvidia-smi -i "$i" --query-gpu=uuid --format=csv,noheader)
   check "GPU $i: client ran with only the returned environment" "grep -q '2GiB ok' $OUT_DIR/client-$i.txt"
   check "GPU $i: client saw its GPU $UUID" "grep -q 'visible $UUID count 1' $OUT_DIR/client-$i.txt"
   check "GPU $i: 6 GiB over the 4G pinned limit refused" "grep -q '6GiB refused' $OUT_DIR/client-$i.txt"
@@ -78,8 +80,8 @@ if [ "$COUNT" -gt 1 ]; then
   check "control: a client without CUDA_VISIBLE_DEVICES does not get its 2 GiB (old environment)" "! grep -q '2GiB ok' $OUT_DIR/client-without-visible-devices.txt"
 fi
 for i in $(seq 0 $((COUNT - 1))); do
-  cp /tmp/gpuops-mps-$i/log/control.log "$OUT_DIR/control-$i.log" 2>/dev/null
-  mps $i stop-$i "state=stopped"
+  cp "/tmp/gpuops-mps-$i/log/control.log" "$OUT_DIR/control-$i.log" 2>/dev/null
+  mps "$i" "stop-$i" "state=stopped"
   check "GPU $i daemon stopped" "[ \"\$(field $OUT_DIR/stop-$i.json 'd[\"running\"]')\" = False ]"
 done
 # The mps role's path without systemd: nvidia_mps_instances plans an instance selected by PCI bus id (read-only),
