@@ -30,6 +30,10 @@ DEFAULT_BRANCH = "580"
 # Debian 12's archive has the open kernel modules only at 535.261.03 while its driver went on with security updates
 # (535.309.01 in bookworm-security): open needs an explicit version there, which the role pins for every package.
 DEBIAN_OPEN_LAGS = ("12",)
+# Debian 13's open kernel modules (550.163.01, release and backports) do not build against its kernel 6.12.107
+# (nv-pci.c calls pci_resize_resource with the old arguments); its proprietary ones do. `auto` avoids them there.
+DEBIAN_OPEN_BROKEN = {"13": "Debian 13's open kernel modules 550.163.01 do not build against its kernel 6.12.107 "
+                            "and later (pci_resize_resource)"}
 OPEN_MINIMUM_BRANCH = 515
 BLACKWELL_MINIMUM_BRANCH = 570
 
@@ -149,6 +153,8 @@ def kernel_modules_for(distro, request, gpus):
     if lagging and not request["version"]:
         return "proprietary", ("Debian %s's open kernel modules lag its security-updated driver; set driver_version "
                                "and driver_kernel_modules: open to use them" % distro["major"])
+    if distro["family"] == "debian" and request["source"] == "distribution" and distro["major"] in DEBIAN_OPEN_BROKEN:
+        return "proprietary", DEBIAN_OPEN_BROKEN[distro["major"]]
     return "open", "NVIDIA's recommendation for Turing and newer" if gpus else "NVIDIA's default without GPU facts"
 
 

@@ -8,6 +8,8 @@ MINIMUM_NVML = (12, 535, 77)
 FLAVOR = {
     "driver-d12": {"kernel": "nvidia-kernel-dkms", "dkms": "nvidia-current", "module": "nvidia-current",
                    "branch": "535"},
+    "driver-d13": {"kernel": "nvidia-kernel-dkms", "dkms": "nvidia-current", "module": "nvidia-current",
+                   "branch": "550"},
 }
 USERSPACE = ["nvidia-smi", "libnvidia-ml1", "libcuda1", "nvidia-persistenced", "nvidia-cuda-mps"]
 ROLE_FILES = ["/etc/modprobe.d/gpuops-driver-blacklist-nouveau.conf", "/etc/modprobe.d/gpuops-driver-nvidia.conf"]
@@ -98,9 +100,19 @@ def test_real_tools_installed_behind_the_stand_ins(host):
         assert "diversion of /usr/bin/%s to /usr/bin/%s.distrib" % (tool, tool) in host.check_output("dpkg-divert --list")
 
 
+def test_nvml_binding_from_debian_13s_package(host):
+    with_driver(host)
+    if name(host) != "driver-d13":
+        pytest.skip("Debian 12's package is too old")
+    assert version_tuple(host.package("python3-pynvml").version) >= MINIMUM_NVML
+    assert not host.file("/opt/gpuops/nvml").exists
+
+
 def test_nvml_binding_in_a_virtual_environment(host):
     """Debian 12's python3-pynvml (11.525) is too old: the role made a venv that still sees the system's packages."""
     with_driver(host)
+    if name(host) != "driver-d12":
+        pytest.skip("Debian 13's package is new enough")
     python = "/opt/gpuops/nvml/bin/python3"
     version = host.check_output("%s -c 'from importlib import metadata; print(metadata.version(\"nvidia-ml-py\"))'",
                                 python)
@@ -111,6 +123,9 @@ def test_nvml_binding_in_a_virtual_environment(host):
 
 def test_driver_version_pinned_with_apt_preferences(host):
     flavor = with_driver(host)
+    if name(host) != "driver-d12":
+        assert not host.file("/etc/apt/preferences.d/gpuops-driver.pref").exists  # no version, no pin
+        return
     pin = host.file("/etc/apt/preferences.d/gpuops-driver.pref").content_string
     assert "Pin: version 535.261.03-*" in pin and "Pin-Priority: 1001" in pin
     policy = host.check_output("apt-cache policy %s", flavor["kernel"])

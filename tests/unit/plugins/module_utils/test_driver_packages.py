@@ -104,10 +104,14 @@ def test_debian12_open_needs_a_version_and_then_pins_every_driver_package():
     assert "nvidia" in result["apt_pin"]["packages"]
 
 
-def test_debian13_archive_uses_open_modules_for_hopper():
+def test_debian13_archive_avoids_its_open_modules_that_do_not_build():
     result = plan("debian13", hardware(H100, H100))
-    assert (result["branch"], result["kernel_modules"]) == ("550", "open")
-    assert result["kernel_packages"] == ["nvidia-open-kernel-dkms"]
+    assert (result["branch"], result["kernel_modules"]) == ("550", "proprietary")
+    assert "pci_resize_resource" in result["kernel_modules_reason"]
+    assert result["kernel_packages"] == ["nvidia-kernel-dkms"]
+    opened = plan("debian13", hardware(H100, H100), kernel_modules="open")
+    assert opened["kernel_packages"] == ["nvidia-open-kernel-dkms"]
+    assert opened["kernel_module_name"] == "nvidia-current-open"
 
 
 def test_debian_without_kernel_builds_for_the_default_kernel_headers():
@@ -279,7 +283,7 @@ def test_no_gpu_is_skipped_unless_forced():
 
 
 def test_loaded_requested_driver_means_nothing_to_do():
-    loaded = {"version": "550.163.01", "branch": "550", "kernel_modules": "open"}
+    loaded = {"version": "550.163.01", "branch": "550", "kernel_modules": "proprietary"}
     installed = {"kernel": "6.12.0-1-amd64", "file": "/x", "version": "550.163.01", "branch": "550"}
     decision = decide(check_request({}), DEBIAN13, hardware(H100), loaded, installed)
     assert decision["action"] == "nothing_to_do" and not decision["reboot_required"]
