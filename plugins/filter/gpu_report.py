@@ -519,8 +519,8 @@ def _mps_daemons(found, desired, rows, gpus, node_drift):
     planned = {}
     if enabled and plan is not None:
         if _failed(plan):
-            node_drift.append({"where": "MPS", "what": "the inventory's MPS settings were refused on the node: %s"
-                               % (plan.get("msg") or "unknown error")})
+            node_drift.append({"where": "MPS", "what": "not compared, nvidia_mps_instances refused the inventory's "
+                               "settings: %s" % (plan.get("msg") or "unknown error")})
         else:
             for instance in plan.get("instances") or []:
                 planned[instance["name"]] = instance
@@ -645,8 +645,8 @@ def _mig(found, desired, rows, node_drift):
     if check is None:
         return
     if _failed(check):
-        node_drift.append({"where": "MIG", "what": "the inventory's MIG settings were refused on the node: %s"
-                           % (check.get("msg") or "unknown error")})
+        node_drift.append({"where": "MIG", "what": "not compared, nvidia_mig's check with the inventory's settings "
+                           "failed: %s" % (check.get("msg") or "unknown error")})
         return
     by_index = dict((row["index"], row) for row in rows)
     for gpu in check.get("gpus") or []:
@@ -923,7 +923,7 @@ td.diff::after { content: " \\26A0"; }
 .state-ok { color: var(--ok); font-weight: 700; } .state-drift { color: var(--drift); font-weight: 700; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 4px;
        background: var(--ok); } .dot.down { background: var(--drift); }
-td.model { white-space: nowrap; } td.state { min-width: 220px; } td.mps { min-width: 240px; }
+td.model, td.nw { white-space: nowrap; } td.state { min-width: 170px; } td.mps { min-width: 330px; }
 .mono { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; }
 .small { font-size: 12px; color: var(--muted); }
 ul.mpslist { list-style: none; margin: 0; padding: 0; }
@@ -1087,9 +1087,9 @@ def _node_html(node):
         out.append('<tr class="gpu%s" data-gpu="%d">' % (" drift" if drift else "", gpu["index"]))
         out.append('<td><b>%d</b></td><td class="model">%s<div class="small mono">%s</div></td>'
                    % (gpu["index"], _e(gpu["model"]), _e(gpu["pci_bus_id"])))
-        out.append(cell(_e(persistence), "persistence"))
-        out.append(cell(_e(gpu["compute_mode_label"]), "compute_mode"))
-        out.append(cell(_e(_mig_word(gpu)), "mig"))
+        out.append(cell(_e(persistence), "persistence", " nw"))
+        out.append(cell(_e(gpu["compute_mode_label"]), "compute_mode", " nw"))
+        out.append(cell(_e(_mig_word(gpu)), "mig", " nw"))
         out.append(cell(slices_svg(gpu, daemons=node["mps"]), "none"))
         out.append(cell(_mps_cell(node, gpu), "none", " mps"))
         out.append(cell(_nvshare_cell(gpu), "nvshare"))
@@ -1108,7 +1108,7 @@ def _node_html(node):
             state = '<span class="dot%s"></span>%s' % ("" if daemon["running"] else " down", word)
             if not daemon["in_inventory"]:
                 state += ' <span class="small">(not in the inventory)</span>'
-            out.append('<tr class="%s"><td class="mono">%s<div class="small">%s</div></td><td>%s</td><td>%s</td>'
+            out.append('<tr class="%s"><td class="mono">%s<div class="small">%s</div></td><td>%s</td><td class="nw">%s</td>'
                        '<td>%s</td><td>%s</td><td class="mono small">/etc/gpuops/mps/%s.env</td></tr>'
                        % ("drift" if daemon["drift"] else "", _e(daemon["name"]), _e(daemon["origin"]),
                           _e(daemon["serves"]), state, _e(daemon["limits_label"]), _e(_clients_text(daemon)),

@@ -211,10 +211,14 @@ def test_a_refused_check_is_drift_even_when_the_task_ignored_the_failure():
                "error_kind": "unknown_profile"}
     found = {"gpu_info": info(gpu(0)), "mig_check": refused}
     node = report.node_model(found, {"mig": {"enabled": True}})
-    assert node["drift"] == [{"where": "MIG", "what": "the inventory's MIG settings were refused on the node: "
-                                                      "unknown profile 9g.90gb"}]
+    assert node["drift"] == [{"where": "MIG", "what": "not compared, nvidia_mig's check with the inventory's "
+                                                      "settings failed: unknown profile 9g.90gb"}]
     # MIG switched off: the check is not looked at
     assert report.node_model(found, {})["status"] == "ok"
+    found["mps_plan"] = {"failed": False, "error_kind": "invalid_argument", "msg": "mps instance a: bad user"}
+    assert report.node_model(found, {"mps": {"enabled": True}})["drift"] == [
+        {"where": "MPS", "what": "not compared, nvidia_mps_instances refused the inventory's settings: "
+                                 "mps instance a: bad user"}]
 
 
 def _slurp(name, config):
