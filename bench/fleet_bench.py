@@ -22,8 +22,6 @@ import json
 import os
 import re
 import resource
-import shlex
-import statistics
 import subprocess
 import sys
 import threading
@@ -91,7 +89,8 @@ class Relay:
 # ---------------------------------------------------------------- nodes
 
 def node_cmd(*args, timeout=900):
-    p = subprocess.run(NODE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    p = subprocess.run(NODE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                       check=False)
     if p.returncode:
         raise RuntimeError(f"gpuops_node.py {' '.join(args)} failed:\n{p.stderr[-3000:]}")
     return p.stdout
@@ -135,7 +134,7 @@ def playbook(args, env_extra, log_path):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     with open(log_path, "w") as f:
-        rc = subprocess.run([os.path.join(BIN, "ansible-playbook")] + args, cwd=ROOT, env=env,
+        rc = subprocess.run([os.path.join(BIN, "ansible-playbook")] + args, cwd=ROOT, env=env, check=False,
                             stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -169,7 +168,7 @@ def converge(workdir, inv, config, relay, tag):
 
 def ssh(d, cmd):
     argv = json.loads(node_cmd("ssh-command", "--dir", d))["ssh"]
-    return subprocess.run(argv + [cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.run(argv + [cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
                           timeout=60).stdout
 
 
@@ -240,7 +239,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     relay = Relay()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, check=False,
                             text=True).stdout.strip()
     for n in [int(x) for x in a.nodes.split(",")]:
         wd = os.path.join(a.workdir, f"n{n}")
@@ -250,7 +249,7 @@ def main():
             dirs = create_nodes(wd, n)
             plain = os.path.join(wd, "nodes.ini")
             open(plain, "w").write(inventory_lines(dirs))
-            rc, wall, _ = playbook(["-i", plain, "tests/nodes/prepare.yml", "-e", f"gpuops_gpus={a.gpus}"],
+            rc, wall, _unused = playbook(["-i", plain, "tests/nodes/prepare.yml", "-e", f"gpuops_gpus={a.gpus}"],
                                    {"ANSIBLE_CONFIG": CONFIGS["project"]}, os.path.join(wd, "prepare.log"))
             if rc:
                 raise RuntimeError(f"prepare failed: {wd}/prepare.log")

@@ -123,8 +123,8 @@ def decide(request, distro, hardware, loaded, installed):
         plan["kernel_modules"], plan["kernel_modules_reason"])
     now = ("driver %s is loaded" % loaded["version"]) if loaded else "no NVIDIA driver is loaded"
     return {"action": "install", "plan": plan, "reboot_required": reboot,
-            "msg": "%s; requested %s from %s" % (now, what, "NVIDIA's CUDA repository" if plan["source"] == "cuda"
-                                                   else "the distribution's archive")}
+            "msg": "%s; requested %s from %s" % (
+                now, what, "NVIDIA's CUDA repository" if plan["source"] == "cuda" else "the distribution's archive")}
 
 
 def python_binding():

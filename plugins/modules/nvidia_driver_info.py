@@ -203,7 +203,7 @@ def main():
     module = new_module(DRIVER_SPEC)
 
     def work():
-        return inspect(module.params, lambda argv: module.run_command(argv))
+        return inspect(module.params, module.run_command)
 
     finish(module, work)
 
