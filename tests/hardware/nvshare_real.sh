@@ -138,9 +138,9 @@ cat >"$WORK/playbook.yml" <<EOF
       ansible.builtin.template:
         src: "{{ repo }}/roles/nvshare/templates/client-dropin.conf.j2"
         dest: "$WORK/render/{{ item.service }}.conf"
+        mode: "0644"
       loop_control:
         label: "{{ item.service }}"
-        mode: "0644"
       loop: "{{ nvshare_plan.clients }}"
     - name: Keep the plan
       ansible.builtin.copy:
