@@ -6,12 +6,15 @@ import pytest
 
 MINIMUM_NVML = (12, 535, 77)
 FLAVOR = {
-    "driver-d12": {"kernel": "nvidia-kernel-dkms", "dkms": "nvidia-current", "module": "nvidia-current",
+    # driver_version 535.261.03 makes the open modules installable on Debian 12, so auto takes them
+    "driver-d12": {"kernel": "nvidia-open-kernel-dkms", "dkms": "nvidia-current-open", "module": "nvidia-current-open",
                    "branch": "535"},
     "driver-d13": {"kernel": "nvidia-kernel-dkms", "dkms": "nvidia-current", "module": "nvidia-current",
                    "branch": "550"},
 }
 USERSPACE = ["nvidia-smi", "libnvidia-ml1", "libcuda1", "nvidia-persistenced", "nvidia-cuda-mps"]
+# open modules need the GSP firmware at the driver's version
+FIRMWARE = {"driver-d12": "firmware-nvidia-gsp"}
 ROLE_FILES = ["/etc/modprobe.d/gpuops-driver-blacklist-nouveau.conf", "/etc/modprobe.d/gpuops-driver-nvidia.conf"]
 
 
@@ -42,6 +45,8 @@ def test_driver_packages_installed_and_held(host):
         assert host.package(package).is_installed, package
         assert selections.get(package) == "hold", package
     assert host.package(flavor["kernel"]).version.startswith(flavor["branch"] + ".")
+    if name(host) in FIRMWARE:
+        assert host.package(FIRMWARE[name(host)]).version == host.package(flavor["kernel"]).version
 
 
 def test_headers_of_the_boot_kernel_installed(host):
