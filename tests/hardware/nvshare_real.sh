@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317,SC2207,SC2206,SC2086,SC2002  # functions run from traps and helpers; our own numeric outputs and an optional argument are split on purpose
 # Copyright (c) gpuops.nvidia contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
