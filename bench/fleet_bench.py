@@ -250,7 +250,7 @@ def main():
             plain = os.path.join(wd, "nodes.ini")
             open(plain, "w").write(inventory_lines(dirs))
             rc, wall, _unused = playbook(["-i", plain, "tests/nodes/prepare.yml", "-e", f"gpuops_gpus={a.gpus}"],
-                                   {"ANSIBLE_CONFIG": CONFIGS["project"]}, os.path.join(wd, "prepare.log"))
+                                         {"ANSIBLE_CONFIG": CONFIGS["project"]}, os.path.join(wd, "prepare.log"))
             if rc:
                 raise RuntimeError(f"prepare failed: {wd}/prepare.log")
             log(f"N={n}: prepared in {wall:.0f}s")
