@@ -81,6 +81,7 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: It changes nothing, so there is nothing to show.
   platform:
     support: full
     platforms: posix
