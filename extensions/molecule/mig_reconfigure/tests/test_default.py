@@ -1,9 +1,9 @@
 """mig_reconfigure scenario verifier: every call the rollouts made to the scheduler stand-ins, in order across
 the fleet, and the state the fleet is left in.
 
-Three rollouts ran: converge (2 x 3g.40gb), the side effect's rollout of 7 x 1g.10gb that halted at mr2-slurm
-(a stray GPU process), and the same rollout again once the process was gone. Idempotence and check mode make
-no scheduler calls: nothing needed a change.
+Rollouts: converge (2 x 3g.40gb); in the side effect, 7 x 1g.10gb previewed in check mode (no scheduler call),
+run (halted at mr2-slurm by a stray GPU process) and run again once the process was gone (mr1-k8s had the
+layout: no call for it).
 """
 
 import json
@@ -16,6 +16,7 @@ REASON = "gpuops.nvidia: MIG reconfiguration"
 K8S_LOG = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "kubernetes", "calls.log")
 K8S_STATE = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "kubernetes", "kubernetes.json")
 NODE_LOG = "/var/lib/gpuops-standins/calls.log"
+SLURM_STATE = "/var/lib/gpuops-standins/slurm.json"
 PODS = ("get pods --all-namespaces --field-selector "
         "spec.nodeName=mr1-k8s,status.phase!=Succeeded,status.phase!=Failed --output json")
 JOBS = "--noheader --nodelist={0} --states=CONFIGURING,RUNNING,COMPLETING,SUSPENDED,STOPPED --format=%i %u %j %T"
@@ -57,7 +58,8 @@ TIMELINE = (
     + slurm("mr2-slurm", "show", "drain", "squeue")
     + [("mr2-slurm", "scontrol", re.compile(
         r'update nodename=mr2-slurm state=drain reason=gpuops\.nvidia: MIG reconfiguration failed at '
-        r'"Fail when the GPUs are still busy": .*compute processes use it: .*7777.*'))]
+        r'"Fail when the GPUs are still busy": .*compute processes run on MIG devices that must be destroyed: '
+        r'7777 \(python3 stray\.py\).*'))]
     # the rollout again: mr1-k8s has the layout (no call); mr2-slurm, drained by the failed run, is not drained
     # again but resumed; mr3-drained is still the admin's
     + slurm("mr2-slurm", "show", "squeue", "slurmd", "resume")
@@ -128,9 +130,11 @@ def test_scheduler_state(host):
         # the finished and the evicted pod are gone, the DaemonSet's stays
         assert [p["name"] for p in cluster["pods"]] == ["nvidia-device-plugin-7xk2p"]
         return
-    show = host.check_output("scontrol --oneliner show node %s" % name)
+    # the stand-in's state file, not scontrol: every scontrol call is in the timeline
+    node = json.loads(host.file(SLURM_STATE).content_string)["nodes"][name]
+    assert node["jobs"] == []
     if name == "mr2-slurm":
-        assert " State=IDLE " in show and "Reason=" not in show
+        assert not node["drain"] and node["reason"] is None
     else:
-        assert " State=IDLE+DRAIN " in show and "Reason=bad fan [" in show
+        assert node["drain"] and node["reason"] == "bad fan"
     assert host.service("slurmd").is_running
