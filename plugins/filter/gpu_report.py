@@ -398,7 +398,7 @@ def _gpu_row(gpu):
                        "memory_mib": (p.get("used_gpu_memory") or 0) // (1024 * 1024),
                        "gpu_instance_id": p.get("gpu_instance_id"), "compute_instance_id": p.get("compute_instance_id")}
                       for p in gpu.get("processes") or []],
-        "desired": {}, "drift": [], "mps_drift": 0, "differs": [],
+        "desired": {}, "drift": [], "differs": [],
     }
     if mig.get("current") == "enabled":
         slicing = slice_segments(gpu)
@@ -600,7 +600,6 @@ def _mps_daemons(found, desired, rows, gpus, node_drift):
                     if gpu_of and int(gpu_of.group(1)) != row["index"]:
                         continue  # the engine names the GPU whose compute mode differs
                     row["drift"].append("MPS %s: %s" % (daemon["short"], what))
-                    row["mps_drift"] += 1
                     if gpu_of:
                         row["differs"].append("compute_mode")
                     else:
