@@ -40,7 +40,9 @@ def version_tuple(text):
 
 def test_driver_packages_installed_and_held(host):
     flavor = with_driver(host)
-    selections = dict(line.split() for line in host.check_output("dpkg --get-selections").splitlines())
+    # multi-arch libraries are listed as name:arch
+    selections = dict((name.split(":")[0], state) for name, state in
+                      (line.split() for line in host.check_output("dpkg --get-selections").splitlines()))
     for package in [flavor["kernel"]] + USERSPACE:
         assert host.package(package).is_installed, package
         assert selections.get(package) == "hold", package
@@ -97,12 +99,15 @@ def test_nvreg_options_for_the_debian_module_name(host):
 
 def test_real_tools_installed_behind_the_stand_ins(host):
     """The packages' nvidia-persistenced and MPS control are on the node (diverted: the stand-ins act on the
-    simulated GPUs)."""
+    simulated GPUs); Debian's nvidia-smi lives under /usr/lib/nvidia and reaches /usr/bin through alternatives."""
     with_driver(host)
-    for tool in ("nvidia-persistenced", "nvidia-cuda-mps-control", "nvidia-smi"):
-        real = host.file("/usr/bin/%s.distrib" % tool)
-        assert real.exists, tool
-        assert "diversion of /usr/bin/%s to /usr/bin/%s.distrib" % (tool, tool) in host.check_output("dpkg-divert --list")
+    diversions = host.check_output("dpkg-divert --list")
+    for tool in ("nvidia-persistenced", "nvidia-cuda-mps-control"):
+        assert host.file("/usr/bin/%s.distrib" % tool).exists, tool
+        assert "diversion of /usr/bin/%s to /usr/bin/%s.distrib" % (tool, tool) in diversions
+    shipped = [path for path in host.check_output("dpkg -L nvidia-smi").splitlines()
+               if path.endswith("/nvidia-smi") and path != "/usr/bin/nvidia-smi"]
+    assert shipped and host.file(shipped[0]).exists, shipped
 
 
 def test_nvml_binding_from_debian_13s_package(host):
