@@ -121,9 +121,9 @@ def test_removal_leaves_nothing_behind(removed):
                  "/usr/local/lib/gpuops-nvidia/gpuops_nvshare_helper.py", "/etc/ld.so.preload",
                  "/etc/systemd/system/nvshare-demo-c.service.d"):
         assert not removed.file(path).exists, path
-    assert removed.check_output("systemctl list-unit-files --plain --no-legend 'nvshare-scheduler@*'") == ""
+    assert removed.run("systemctl list-unit-files --plain --no-legend 'nvshare-scheduler@*'").stdout.strip() == ""
     # systemd may keep an instance it no longer has a file for in memory for a while: it must be dead
-    units = removed.check_output("systemctl list-units --all --plain --no-legend 'nvshare-scheduler@*'")
+    units = removed.run("systemctl list-units --all --plain --no-legend 'nvshare-scheduler@*'").stdout.strip()
     assert all(line.split()[1:4] == ["not-found", "inactive", "dead"] for line in units.splitlines()), units
     assert removed.check_output("pgrep -c -f nvshare-scheduler || true") == "0"
     assert "libnvshare" not in removed.check_output("ldconfig -p")
