@@ -445,7 +445,7 @@ def _clients(servers, processes):
 def _mps_origin(name, named):
     if name in named:
         return "named"
-    if name.startswith("MIG-"):
+    if name.startswith("MIG-") or re.match(r"^gpu[0-9]+-slice[0-9]+-", name):
         return "per MIG device"
     if name.startswith("GPU-"):
         return "per GPU"
@@ -773,8 +773,8 @@ def _daemon_cell(daemons, name, mig_uuid=None):
     if daemon is None:
         return "-", "-", "-"
     state = "up" if daemon["running"] else "DOWN"
-    # A per-MIG-device daemon is named by the MIG UUID already on the row.
-    label = "per-device" if mig_uuid and daemon["name"] == mig_uuid else daemon["short"]
+    # A generated per-MIG-device daemon: its name only repeats the GPU, slices and profile already on the row.
+    label = "per-device" if mig_uuid and daemon["origin"] == "per MIG device" else daemon["short"]
     clients = daemon["clients"]
     if clients:
         who = ", ".join("%s %s" % (c["name"] or "pid", c["pid"]) for c in clients[:2])

@@ -39,6 +39,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import (
     DEFAULT_LOG_DIRECTORY,
     MpsError,
     client_environment,
+    refresh_client_environment_file,
     validate,
 )
 from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlError, NvmlSession, text
@@ -223,9 +224,15 @@ class MpsDaemon:
 
     # -- the mps role's systemd unit (gpuops-mps@.service) runs these through gpuops_mps_helper.py ------
 
-    def service_pre_start(self):
-        """ExecStartPre (as root): check the devices and set the compute mode (recorded for service_post_stop)."""
-        self.devices.apply_compute_mode(self.devices.resolve())
+    def service_pre_start(self, client_env_file=None):
+        """ExecStartPre (as root): check the devices, set the compute mode (recorded for service_post_stop) and
+        bring the client environment file's CUDA_VISIBLE_DEVICES up to date (MIG devices recreated since)."""
+        devices = self.devices.resolve()
+        self.devices.apply_compute_mode(devices)
+        if client_env_file:
+            env = client_environment(self.config, devices)
+            for name in refresh_client_environment_file(client_env_file, env):
+                self.actions.append("set %s=%s in %s" % (name, env[name], client_env_file))
         return self.actions
 
     def service_start(self):

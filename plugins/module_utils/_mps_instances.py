@@ -24,7 +24,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
     check_options,
     invalid,
 )
-from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import mig_device_uuids
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import mig_instances
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps import MpsDaemon, check_owner
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_devices import DaemonDevices
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import (
@@ -33,7 +33,7 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_spec import (
     client_environment,
     validate,
 )
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession, mig_placement_selector
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -146,8 +146,29 @@ def _generated(params, nvml_factory):
             mode = nvml.mig_mode(gpu)
             if mode and mode[0]:
                 if params["per_mig_device"]:
-                    for _key, uuid in sorted(mig_device_uuids(nvml, gpu).items()):
-                        generated.append((uuid, {"devices": [uuid], "compute_mode": "keep"}, True))
+                    generated.extend(_per_mig_device(nvml, gpu))
             elif params["per_gpu"]:
                 generated.append((gpu.uuid, {"devices": [gpu.uuid]}, False))
+    return generated
+
+
+def _per_mig_device(nvml, gpu):
+    """One daemon per MIG device of a GPU, named and selected by where the device sits, not by its MIG UUID.
+
+    A MIG UUID is new each time the instance is created, so a reboot (gpuops-mig-apply recreates the layout)
+    would leave a UUID-named daemon serving a device that no longer exists. The name says GPU index, memory
+    slice and profile (`gpu0-slice4-2g.20gb`, `-ci<start>` added when the GPU instance has several compute
+    instances); the selector (`mig:<GPU UUID>:<GI start>:<CI start>`) is resolved to the current MIG UUID at every
+    start of the daemon.
+    """
+    generated = []
+    for gi in mig_instances(nvml, gpu):
+        several = len(gi["compute_instances"]) > 1
+        for ci in gi["compute_instances"]:
+            name = "gpu%d-slice%d-%s" % (gpu.index, gi["placement"]["start"], re.sub(r"[^A-Za-z0-9_.-]", "-",
+                                                                                      gi["profile"]))
+            if several:
+                name += "-ci%d" % ci["placement"]["start"]
+            selector = mig_placement_selector(gpu.uuid, gi["placement"]["start"], ci["placement"]["start"])
+            generated.append((name, {"devices": [selector], "compute_mode": "keep"}, True))
     return generated

@@ -166,3 +166,31 @@ def client_environment(config, devices):
     if config.get("default_client_priority") is not None:
         env["CUDA_MPS_CLIENT_PRIORITY"] = str(config["default_client_priority"])
     return env
+
+
+def refresh_client_environment_file(path, env):
+    """Rewrite the values of `env`'s variables in an existing client environment file where they differ.
+
+    The file is written by the mps role (template, comments and all); a daemon whose devices are MIG placements
+    resolves to new MIG UUIDs after the instances were recreated, so its start brings CUDA_VISIBLE_DEVICES in the
+    file up to date. Only lines `NAME=value` of variables in `env` change; nothing is added. Returns the names of
+    the variables rewritten ([] when the file is missing or already right).
+    """
+    try:
+        with open(path) as handle:
+            lines = handle.read().split("\n")
+    except (IOError, OSError):
+        return []
+    rewritten = []
+    for position, line in enumerate(lines):
+        name, sep, value = line.partition("=")
+        if sep and name in env and not name.startswith("#") and value != env[name]:
+            lines[position] = "%s=%s" % (name, env[name])
+            rewritten.append(name)
+    if rewritten:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as handle:
+            handle.write("\n".join(lines))
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    return rewritten

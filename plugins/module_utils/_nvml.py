@@ -55,6 +55,15 @@ ARCH_HOPPER = 9
 NO_INSTANCE = 0xFFFFFFFF
 _BUS_ID_FULL = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
 _BUS_ID_SHORT = re.compile(r"^([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+# A MIG device by where it sits, which survives the instances being recreated (a reboot, gpuops-mig-apply) where
+# its MIG- UUID does not: `mig:<GPU index, GPU- UUID or bus id>:<first memory slice of its GPU instance>:<first
+# compute slice of its compute instance in that GPU instance>`.
+MIG_PLACEMENT_PATTERN = re.compile(r"^mig:(?P<gpu>.+):(?P<gi>[0-9]+):(?P<ci>[0-9]+)$", re.IGNORECASE)
+
+
+def mig_placement_selector(gpu_key, gi_start, ci_start):
+    """The stable selector of the MIG device at (GPU instance start, compute instance start) of a GPU."""
+    return "mig:%s:%d:%d" % (gpu_key, gi_start, ci_start)
 
 
 class NvmlError(GpuopsError):
@@ -275,7 +284,7 @@ class NvmlSession:
             if 0 <= index < len(gpus):
                 return gpus[index]
             raise NvmlError("no GPU with index %d: %s" % (index, self.inventory()), kind="invalid_selection")
-        if key_text.upper().startswith("MIG-"):
+        if key_text.upper().startswith("MIG-") or MIG_PLACEMENT_PATTERN.match(key_text):
             raise NvmlError("%s is a MIG device, not a GPU: select its parent GPU (by index, GPU- UUID or PCI bus "
                             "id); %s" % (key_text, self.inventory()), kind="invalid_selection")
         if key_text.upper().startswith("GPU-"):
@@ -358,7 +367,12 @@ class NvmlSession:
         entries, chosen_by = [], {}
         for key in (self.select("all", device_filter) if keys == "all" else keys):
             key_text = str(key if keys != "all" else key.uuid).strip()
-            if allow_mig and key_text.upper().startswith("MIG-"):
+            placement = MIG_PLACEMENT_PATTERN.match(key_text) if allow_mig else None
+            if placement:
+                parent = self.find(placement.group("gpu"))
+                entry = {"uuid": self.mig_device_at(parent, int(placement.group("gi")), int(placement.group("ci"))),
+                         "type": "mig", "index": None, "parent_uuid": parent.uuid, "parent_index": parent.index}
+            elif allow_mig and key_text.upper().startswith("MIG-"):
                 parent, handle = self.mig_device_uuid_parent(key_text)
                 entry = {"uuid": text(self.call("nvmlDeviceGetUUID", handle, what="read the UUID of %s" % key_text)),
                          "type": "mig", "index": None, "parent_uuid": parent.uuid, "parent_index": parent.index}
@@ -378,6 +392,54 @@ class NvmlSession:
             chosen_by[entry["uuid"]] = key
             entries.append(entry)
         return entries
+
+    def mig_devices(self, gpu):
+        """[{uuid, gpu_instance_id, compute_instance_id, gi_start, gi_size, ci_start, ci_size}] of a GPU in MIG
+        mode, ordered by placement: the MIG devices that exist now."""
+        devices = []
+        for position in range(self.call("nvmlDeviceGetMaxMigDeviceCount", gpu.handle, what="count MIG devices",
+                                        gpu=gpu)):
+            try:
+                handle = self.call("nvmlDeviceGetMigDeviceHandleByIndex", gpu.handle, position,
+                                   what="open MIG device %d" % position, gpu=gpu)
+            except NvmlError as exc:
+                if exc.kind == "not_found":
+                    continue
+                raise
+            gi_id = self.call("nvmlDeviceGetGpuInstanceId", handle, what="read a GPU-instance id", gpu=gpu)
+            ci_id = self.call("nvmlDeviceGetComputeInstanceId", handle, what="read a compute-instance id", gpu=gpu)
+            gi = self.call("nvmlDeviceGetGpuInstanceById", gpu.handle, gi_id, what="open GPU instance %d" % gi_id,
+                           gpu=gpu)
+            gi_info = self.call("nvmlGpuInstanceGetInfo", gi, what="read GPU instance %d" % gi_id, gpu=gpu)
+            ci = self.call("nvmlGpuInstanceGetComputeInstanceById", gi, ci_id,
+                           what="open compute instance %d/%d" % (gi_id, ci_id), gpu=gpu)
+            ci_info = self.call("nvmlComputeInstanceGetInfo", ci, what="read compute instance %d/%d" % (gi_id, ci_id),
+                                gpu=gpu)
+            devices.append({"uuid": text(self.call("nvmlDeviceGetUUID", handle, what="read a MIG device UUID",
+                                                   gpu=gpu)),
+                            "gpu_instance_id": gi_id, "compute_instance_id": ci_id,
+                            "gi_start": gi_info.placement.start, "gi_size": gi_info.placement.size,
+                            "ci_start": ci_info.placement.start, "ci_size": ci_info.placement.size})
+        devices.sort(key=lambda d: (d["gi_start"], d["ci_start"]))
+        return devices
+
+    def mig_device_at(self, gpu, gi_start, ci_start):
+        """The MIG UUID of the MIG device at GPU-instance start `gi_start`, compute-instance start `ci_start`."""
+        mode = self.mig_mode(gpu)
+        if not (mode and mode[0]):
+            raise NvmlError("%s is not in MIG mode: %s selects a MIG device"
+                            % (gpu.describe(), mig_placement_selector(gpu.index, gi_start, ci_start)),
+                            kind="invalid_selection")
+        devices = self.mig_devices(gpu)
+        for device in devices:
+            if (device["gi_start"], device["ci_start"]) == (gi_start, ci_start):
+                return device["uuid"]
+        raise NvmlError("%s has no MIG device whose GPU instance starts at memory slice %d and compute instance at "
+                        "compute slice %d; its MIG devices: %s" % (
+                            gpu.describe(), gi_start, ci_start,
+                            ", ".join("%s (%s)" % (mig_placement_selector(gpu.uuid, d["gi_start"], d["ci_start"]),
+                                                   d["uuid"]) for d in devices) or "none"),
+                        kind="invalid_selection")
 
     def mig_device_uuid_parent(self, uuid):
         """(parent Gpu, handle) for a MIG device UUID."""

@@ -23,8 +23,12 @@ description:
   - Optionally sets the GPUs' compute mode through NVML before the start and restores it when the daemon is
     stopped, recording the original mode in a small state file in the pipe directory.
   - Reports the running MPS servers and their clients.
-  - O(devices) also takes MIG device UUIDs (C(MIG-...)), and the daemon then serves those MIG devices. A GPU in MIG mode
-    cannot be listed itself; one daemon per MIG device is the supported setup. With V(all) and no O(device_filter)
+  - O(devices) also takes MIG devices, and the daemon then serves those MIG devices: by MIG device UUID (C(MIG-...)),
+    or by placement, C(mig:<GPU>:<GI start>:<CI start>) (the GPU by index, C(GPU-) UUID or PCI bus id; the first
+    memory slice of the GPU instance; the first compute slice of the compute instance in it). A MIG UUID is new each
+    time the instance is created (a reboot, a layout re-applied at boot); a placement is resolved to the current
+    MIG UUID at every start. A GPU in MIG mode cannot be listed itself; one daemon per MIG device is the supported
+    setup. With V(all) and no O(device_filter)
     the daemon sees every GPU; otherwise the selected devices' UUIDs go into the daemon's C(CUDA_VISIBLE_DEVICES)
     and into RV(client_environment).
   - Settings that only a start sets (O(devices), O(log_directory), O(user), O(multiuser)) restart the daemon when
@@ -140,11 +144,11 @@ EXAMPLES = r"""
       0: 20G
       1: 20G
 
-- name: One daemon for a MIG device
+- name: One daemon for the MIG device at memory slice 4 of GPU 0 (survives the instance being recreated)
   gpuops.nvidia.nvidia_mps:
-    pipe_directory: /run/nvidia-mps/MIG-8f1c4a3e-4d3b-5b7e-9a55-0c1d2e3f4a5b
-    log_directory: /var/log/nvidia-mps/MIG-8f1c4a3e-4d3b-5b7e-9a55-0c1d2e3f4a5b
-    devices: [MIG-8f1c4a3e-4d3b-5b7e-9a55-0c1d2e3f4a5b]
+    pipe_directory: /run/nvidia-mps/gpu0-slice4
+    log_directory: /var/log/nvidia-mps/gpu0-slice4
+    devices: ["mig:0:4:0"]
     compute_mode: keep
 
 - name: Report servers and clients without changing anything

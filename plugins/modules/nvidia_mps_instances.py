@@ -17,8 +17,8 @@ description:
   - Expands named MPS daemons, one daemon per GPU not in MIG mode (O(per_gpu)) and one per MIG device
     (O(per_mig_device)), applies O(defaults), and validates every instance with the same validator as
     M(gpuops.nvidia.nvidia_mps), on the node, before anything changes.
-  - Resolves each instance's devices (GPU indices, C(GPU-)/C(MIG-) UUIDs, PCI bus ids, each instance's C(device_filter))
-    through NVML, checks that users and groups exist, that names are usable as systemd instance and directory
+  - Resolves each instance's devices (GPU indices, C(GPU-)/C(MIG-) UUIDs, PCI bus ids, C(mig:) placements, each
+    instance's C(device_filter)) through NVML, checks that users and groups exist, that names are usable as systemd instance and directory
     names, and that no two instances share a pipe directory or a device. Every problem is reported at once.
   - Returns, per instance, the validated desired state (the options of M(gpuops.nvidia.nvidia_mps)) that the
     C(gpuops.nvidia.mps) role writes for its systemd helper, the client environment, and whether a running daemon
@@ -54,7 +54,12 @@ options:
     type: bool
     default: false
   per_mig_device:
-    description: One daemon per existing MIG device, named by its C(MIG-) UUID, with C(compute_mode=keep).
+    description:
+      - One daemon per existing MIG device, with C(compute_mode=keep), named C(gpu<index>-slice<start>-<profile>)
+        (C(-ci<start>) added when its GPU instance holds several compute instances), e.g. C(gpu0-slice4-2g.20gb).
+      - Its devices are the placement selector C(mig:<GPU UUID>:<GI start>:<CI start>), resolved to the current MIG
+        UUID at every start of the daemon, so the daemon survives its MIG device being recreated (a reboot, the
+        C(gpuops.nvidia.mig) role's boot-time re-apply), where a MIG UUID does not.
     type: bool
     default: false
   defaults:

@@ -50,6 +50,24 @@ class SimulatedNode:
         with self.edit() as data:
             simstate.reboot(data)
 
+    def make_mig_device(self, index=0):
+        """Through pynvml: enable MIG on GPU `index`, create one 1g GPU instance with a compute instance; its UUID."""
+        import pynvml  # pylint: disable=import-outside-toplevel
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            pynvml.nvmlDeviceSetMigMode(handle, 1)
+            gi_profile = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE)
+            gi = pynvml.nvmlDeviceCreateGpuInstance(handle, gi_profile.id)
+            ci_profile = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+            pynvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile.id)
+            uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0))
+        finally:
+            pynvml.nvmlShutdown()
+        return uuid.decode() if isinstance(uuid, bytes) else uuid
+
     def reset(self, *bus_ids):
         with self.edit() as data:
             simstate.reset_gpus(data, list(bus_ids))

@@ -8,8 +8,10 @@
 
 reads /etc/gpuops/mps/daemon/INSTANCE.json (the desired state the role validated on the node with
 nvidia_mps_instances and wrote unchanged), validates it again with the same validator, and imports the engine
-from the collection copy under /usr/local/lib/gpuops-nvidia. `start` resolves the devices through NVML now, on
-the node, and replaces itself with `nvidia-cuda-mps-control -d` in the daemon's environment. Exit 1 with the
+from the collection copy under /usr/local/lib/gpuops-nvidia. `pre-start` (root) also brings
+CUDA_VISIBLE_DEVICES in /etc/gpuops/mps/INSTANCE.env up to date (MIG devices selected by placement have new
+UUIDs after being recreated). `start` resolves the devices through NVML now, on the node, and replaces itself
+with `nvidia-cuda-mps-control -d` in the daemon's environment. Exit 1 with the
 engine's message on stderr (journal) on failure, 2 on a usage error.
 """
 
@@ -54,9 +56,12 @@ def main(argv, execve=os.execve):
             environment.update(env)
             execve(command[0], command, environment)
             return 0
-        action = {"pre-start": daemon.service_pre_start, "configure": daemon.service_configure,
-                  "stop": daemon.service_stop, "post-stop": daemon.service_post_stop}[step]
-        for line in action():
+        if step == "pre-start":
+            lines = daemon.service_pre_start(os.path.join(os.path.dirname(CONFIG_DIR), instance + ".env"))
+        else:
+            lines = {"configure": daemon.service_configure, "stop": daemon.service_stop,
+                     "post-stop": daemon.service_post_stop}[step]()
+        for line in lines:
             print("gpuops-mps@%s: %s" % (instance, line))
         for line in daemon.warnings:
             sys.stderr.write("gpuops-mps@%s: warning: %s\n" % (instance, line))

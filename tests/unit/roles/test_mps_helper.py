@@ -107,3 +107,28 @@ def test_missing_desired_state_and_usage(helper, capsys):
     assert rc == 1 and "nothere.json" in err
     rc, _out, err = step(helper, capsys, "reboot", "gpu1")
     assert rc == 2 and "usage" in err
+
+
+def test_pre_start_brings_the_client_environment_up_to_date_after_the_mig_devices_were_recreated(helper, sim, capsys):
+    """A per-MIG-device daemon selects its device by placement; after a reboot the layout is recreated with new MIG
+    UUIDs, so the start resolves the new one and rewrites CUDA_VISIBLE_DEVICES in the role's client env file."""
+    old_uuid = sim.make_mig_device(0)
+    (gi_start,) = [gi["start"] for gi in sim.gpu(0)["gpu_instances"]]
+    write(helper, name="gpu0-slice%d-1g.10gb" % gi_start, devices=["mig:%s:%d:0" % (sim.gpu(0)["uuid"], gi_start)])
+    env_file = helper.tmp / ("gpu0-slice%d-1g.10gb.env" % gi_start)
+    header = "# Ansible managed\n# client environment\n"
+    env_file.write_text(header + "CUDA_MPS_PIPE_DIRECTORY=%s\nCUDA_VISIBLE_DEVICES=%s\n" % (helper.tmp / "pipe", old_uuid))
+    rc, out, err = step(helper, capsys, "pre-start", "gpu0-slice%d-1g.10gb" % gi_start)
+    assert rc == 0 and out == "", (out, err)  # nothing recreated yet: the file is left alone
+    sim.reboot()
+    new_uuid = sim.make_mig_device(0)
+    assert new_uuid != old_uuid
+    rc, out, err = step(helper, capsys, "pre-start", "gpu0-slice%d-1g.10gb" % gi_start)
+    assert rc == 0, err
+    assert "set CUDA_VISIBLE_DEVICES=%s in %s" % (new_uuid, env_file) in out
+    assert env_file.read_text() == header + "CUDA_MPS_PIPE_DIRECTORY=%s\nCUDA_VISIBLE_DEVICES=%s\n" % (
+        helper.tmp / "pipe", new_uuid)
+    rc, _out, err, launched = start(helper, capsys, name="gpu0-slice%d-1g.10gb" % gi_start)
+    assert rc == 0, err
+    assert launched["env"]["CUDA_VISIBLE_DEVICES"] == new_uuid
+    step(helper, capsys, "stop", "gpu0-slice%d-1g.10gb" % gi_start)

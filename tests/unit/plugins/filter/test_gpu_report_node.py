@@ -52,15 +52,17 @@ def test_a_converged_slurm_node_is_in_sync(node, sim):
     gpu0 = converged["gpus"][0]
     assert [(d["profile"], d["slices"]) for d in gpu0["mig_devices"]] == [
         ("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6")]
-    assert [d["daemon"] for d in gpu0["mig_devices"]] == mig_uuids(sim, 0)
+    assert [d["daemon"] for d in gpu0["mig_devices"]] == ["gpu0-slice0-3g.40gb", "gpu0-slice4-2g.20gb",
+                                                          "gpu0-slice6-1g.10gb"]
     assert [s["kind"] for s in gpu0["segments"]] == ["gi", "gi", "gi", "unusable"]
     assert [(g["compute_mode"], g["daemons"]) for g in converged["gpus"][2:]] == \
         [("default", [])] * 4 + [("exclusive_process", ["shared"])] * 2
     daemons = [(d["name"], d["serves"], d["running"], d["limits_label"]) for d in converged["mps"]]
     labels = ["GPU %d %s (slices %s)" % (i, p, s) for i in (0, 1)
               for p, s in (("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6"))]
-    assert daemons == [(uuid, label, True, "none") for uuid, label in zip(mig_uuids(sim, 0) + mig_uuids(sim, 1),
-                                                                          labels)] + \
+    names = ["gpu%d-slice%s-%s" % (i, s.split("-")[0], p) for i in (0, 1)
+             for p, s in (("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6"))]
+    assert daemons == [(name, label, True, "none") for name, label in zip(names, labels)] + \
         [("shared", "GPUs 6-7", True, "50% SM, 20G/device")]
 
     table = report.text_table(converged)
@@ -88,7 +90,7 @@ def test_drift_on_the_slurm_node(node, sim, run):
     assert not run(nvidia_mig, {"devices": [1], "layout": {"3g.40gb": 1, "1g.10gb": 2}}).get("failed")
     client = subprocess.Popen(["sleep", "60"])  # pylint: disable=consider-using-with
     try:
-        pipe = os.path.join(node.pipe_root, mig_uuids(sim, 0)[0])
+        pipe = os.path.join(node.pipe_root, "gpu0-slice0-3g.40gb")
         subprocess.run([os.path.join(STANDINS, "nvidia-cuda-mps-control")], input="gpuops_standin_client_add %d\n"
                        % client.pid, text=True, check=True, capture_output=True,
                        env=dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=pipe))
@@ -98,18 +100,17 @@ def test_drift_on_the_slurm_node(node, sim, run):
         client.kill()
         client.wait()
     assert drifted["status"] == "drift"
-    new = [u for u in mig_uuids(sim, 1) if u not in gone][0]
+    assert gone[1] not in mig_uuids(sim, 1)
+    # Daemons are named by placement: the 2g.20gb daemon at slice 4 is no longer wanted; a 1g.10gb one is.
     assert drifted["drift"] == [
         {"where": "GPU 1", "what": "MIG devices 3g.40gb + 2x 1g.10gb, the inventory wants 3g.40gb + 2g.20gb + 1g.10gb"},
         {"where": "GPU 3", "what": "persistence mode off, the inventory wants on"},
-        {"where": "MPS %s (GPU 1 1g.10gb (slices 4))" % report.short_uuid(new), "what": "not running"},
-        {"where": "MPS shared (GPUs 6-7)", "what": "not running (unit stopped)"},
-        {"where": "MPS %s (MIG device %s (gone))" % (report.short_uuid(gone[1]), report.short_uuid(gone[1])),
+        {"where": "MPS gpu1-slice4-1g.10gb (GPU 1 1g.10gb (slices 4))", "what": "not running"},
+        {"where": "MPS gpu1-slice4-2g.20gb (GPU 1 1g.10gb (slices 4))",
          "what": "runs but the inventory has no such MPS daemon"},
-        {"where": "MPS %s (MIG device %s (gone))" % (report.short_uuid(gone[1]), report.short_uuid(gone[1])),
-         "what": "cannot be checked: cannot find MIG device %s: NVML error 6 (Not Found)" % gone[1]},
+        {"where": "MPS shared (GPUs 6-7)", "what": "not running (unit stopped)"},
     ]
-    first = next(d for d in drifted["mps"] if d["name"] == mig_uuids(sim, 0)[0])
+    first = next(d for d in drifted["mps"] if d["name"] == "gpu0-slice0-3g.40gb")
     assert first["clients"] == [{"pid": client.pid, "name": "train.py", "server": first["servers"][0]["pid"]}]
     assert [g["index"] for g in drifted["gpus"] if g["drift"]] == [1, 3, 6, 7]
     assert drifted["gpus"][1]["segments"][2]["why"] == "free: room for 1g.10gb, 1g.10gb+me"

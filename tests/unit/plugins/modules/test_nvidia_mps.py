@@ -67,22 +67,6 @@ def _compute_mode(sim, index=0):
     return sim.gpu(index)["compute_mode"]
 
 
-def _make_mig_device(index=0):
-    """Enable MIG on GPU `index` and create one 1g GPU instance with a compute instance; its MIG UUID."""
-    pynvml.nvmlInit()
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        pynvml.nvmlDeviceSetMigMode(handle, 1)
-        gi_profile = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE)
-        gi = pynvml.nvmlDeviceCreateGpuInstance(handle, gi_profile.id)
-        ci_profile = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-            gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-        pynvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile.id)
-        mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)
-        uuid = pynvml.nvmlDeviceGetUUID(mig)
-    finally:
-        pynvml.nvmlShutdown()
-    return uuid.decode() if isinstance(uuid, bytes) else uuid
 
 
 def with_changes(base, **changes):
@@ -260,7 +244,7 @@ def test_check_mode_limit_change_and_stop(mps, sim, run):
 # -- MIG -------------------------------------------------------------------------------------------------
 
 def test_mig_device_daemon(mps, sim, run):
-    uuid = _make_mig_device(0)
+    uuid = sim.make_mig_device(0)
     result = run(nvidia_mps, args(mps, devices=[uuid], default_active_thread_percentage=50))
     assert not result.failed, result
     assert result["devices"] == [{"uuid": uuid, "type": "mig", "index": None, "parent_uuid": sim.gpu(0)["uuid"],
@@ -268,8 +252,8 @@ def test_mig_device_daemon(mps, sim, run):
     assert _environ(result["pid"])["CUDA_VISIBLE_DEVICES"] == uuid
 
 
-def test_compute_mode_refused_on_mig(mps, run):
-    uuid = _make_mig_device(0)
+def test_compute_mode_refused_on_mig(mps, sim, run):
+    uuid = sim.make_mig_device(0)
     result = run(nvidia_mps, args(mps, devices=[uuid], compute_mode="exclusive_process"))
     assert result.failed and result["error_kind"] == "mig_mode", result
     assert "compute_mode: keep" in result["msg"]
@@ -278,8 +262,8 @@ def test_compute_mode_refused_on_mig(mps, run):
     assert not os.path.exists(mps["pipe_directory"])
 
 
-def test_whole_gpu_in_mig_mode_is_refused(mps, run):
-    _make_mig_device(0)
+def test_whole_gpu_in_mig_mode_is_refused(mps, sim, run):
+    sim.make_mig_device(0)
     result = run(nvidia_mps, args(mps, devices=["0"]))
     assert result.failed and "MIG-" in result["msg"], result
 

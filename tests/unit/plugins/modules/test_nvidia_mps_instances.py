@@ -12,8 +12,6 @@ import pytest
 
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mps_instances
 
-from test_nvidia_mps import _make_mig_device  # pylint: disable=import-error
-
 ROLE_DEFAULTS = {"user": "root", "group": "root", "multiuser": False, "compute_mode": "exclusive_process",
                  "default_active_thread_percentage": None, "default_device_pinned_mem_limit": None,
                  "default_client_priority": None}
@@ -42,19 +40,53 @@ def test_an_instance_selected_by_pci_bus_id_resolves_on_the_node(sim, run, tmp_p
 
 def test_generated_instances_per_gpu_and_per_mig_device(sim, run, tmp_path):
     sim.create("h100-80gb:3")
-    mig = _make_mig_device(1)
+    mig = sim.make_mig_device(1)
+    (gi_start,) = [gi["start"] for gi in sim.gpu(1)["gpu_instances"]]
     result = plan(run, tmp_path, per_gpu=True, per_mig_device=True)
     names = [i["name"] for i in result["instances"]]
-    assert names == [sim.gpu(0)["uuid"], mig, sim.gpu(2)["uuid"]]
+    assert names == [sim.gpu(0)["uuid"], "gpu1-slice%d-1g.10gb" % gi_start, sim.gpu(2)["uuid"]]
     by_name = dict((i["name"], i) for i in result["instances"])
-    assert by_name[mig]["config"]["compute_mode"] == "keep"
-    assert by_name[mig]["client_environment"]["CUDA_VISIBLE_DEVICES"] == mig
+    per_mig = by_name[names[1]]
+    assert per_mig["config"]["compute_mode"] == "keep"
+    assert per_mig["config"]["devices"] == ["mig:%s:%d:0" % (sim.gpu(1)["uuid"], gi_start)]
+    assert per_mig["devices"][0]["uuid"] == mig and per_mig["devices"][0]["type"] == "mig"
+    assert per_mig["client_environment"]["CUDA_VISIBLE_DEVICES"] == mig
     assert by_name[sim.gpu(0)["uuid"]]["config"]["compute_mode"] == "exclusive_process"
+
+
+def test_per_mig_device_daemons_keep_their_name_and_desired_state_when_the_mig_devices_are_recreated(
+        sim, run, tmp_path):
+    """A reboot drops the MIG instances and gpuops-mig-apply recreates them with new MIG UUIDs: a daemon named and
+    configured by the old UUID would no longer start. The name and desired state must not change; only the
+    resolved device (and the client environment) follow the new UUID."""
+    sim.create("h100-80gb:1")
+    before_uuid = sim.make_mig_device(0)
+    before = plan(run, tmp_path, per_mig_device=True)["instances"]
+    sim.reboot()  # drops the instances (and, on Hopper, the MIG mode); the layout is applied again
+    after_uuid = sim.make_mig_device(0)
+    after = plan(run, tmp_path, per_mig_device=True)["instances"]
+    assert after_uuid != before_uuid
+    assert [i["name"] for i in after] == [i["name"] for i in before]
+    assert after[0]["config"] == before[0]["config"]
+    assert after[0]["client_environment"]["CUDA_VISIBLE_DEVICES"] == after_uuid
+
+
+def test_a_mig_placement_that_does_not_exist_is_refused_with_the_devices_there(sim, run, tmp_path):
+    sim.create("h100-80gb:1")
+    mig = sim.make_mig_device(0)
+    result = plan(run, tmp_path, instances=[{"name": "m", "devices": ["mig:0:6:0"]}])
+    assert result.failed and result["error_kind"] == "invalid_selection", result
+    assert "no MIG device whose GPU instance starts at memory slice 6" in result["msg"]
+    assert "mig:%s:" % sim.gpu(0)["uuid"] in result["msg"] and mig in result["msg"]
+
+    sim.create("h100-80gb:1")
+    whole = plan(run, tmp_path, instances=[{"name": "w", "devices": ["mig:0:0:0"]}])
+    assert whole.failed and "GPU 0 (NVIDIA H100 80GB HBM3" in whole["msg"] and "is not in MIG mode" in whole["msg"]
 
 
 def test_named_mig_instance_keeps_the_compute_mode_unless_it_says_otherwise(sim, run, tmp_path):
     sim.create("h100-80gb:1")
-    mig = _make_mig_device(0)
+    mig = sim.make_mig_device(0)
     result = plan(run, tmp_path, instances=[{"name": "m", "devices": [mig]}])
     assert result["instances"][0]["config"]["compute_mode"] == "keep"
     refused = plan(run, tmp_path, instances=[{"name": "m", "devices": [mig], "compute_mode": "exclusive_process"}])
