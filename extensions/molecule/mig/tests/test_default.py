@@ -140,3 +140,35 @@ def test_invalid_state_is_refused_by_the_modules_validator(host):
     assert res.rc == 2, res.stderr
     assert "invalid desired MIG state" in res.stderr
     assert "unknown option(s) version" in res.stderr
+
+
+MPS_DAEMONS = ["gpu%d-slice%d-3g.40gb" % (gpu, start) for gpu in (0, 1) for start in (0, 4)]
+
+
+def _env(text):
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_mps_daemons_per_mig_device_are_back_on_the_recreated_devices(host):
+    """The reboot re-created the MIG devices with new UUIDs; each per-MIG-device MPS daemon (named and selected by
+    placement) started on the new device, and its client environment file names the new UUID."""
+    state = json.loads(host.check_output(f"python3 -m gpuops_nvml_sim --state {STATE} show"))
+    current = {}
+    for gpu in (0, 1):
+        for gi in state["gpus"][gpu]["gpu_instances"]:
+            (ci,) = gi["compute_instances"]
+            current["gpu%d-slice%d-3g.40gb" % (gpu, gi["start"])] = ci["uuid"]
+    assert sorted(current) == sorted(MPS_DAEMONS)
+    before = _env(host.file("/root/mps-env-before-reboot").content_string)["CUDA_VISIBLE_DEVICES"]
+    assert before.startswith("MIG-") and before != current["gpu0-slice0-3g.40gb"]  # the UUIDs did change
+    for name, uuid in current.items():
+        unit = host.service(f"gpuops-mps@{name}.service")
+        assert unit.is_enabled and unit.is_running, name
+        env = _env(host.file(f"/etc/gpuops/mps/{name}.env").content_string)
+        assert env["CUDA_VISIBLE_DEVICES"] == uuid, name
+        pid = host.file(f"/run/nvidia-mps/{name}/nvidia-cuda-mps-control.pid").content_string.strip()
+        daemon_env = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+        assert f"CUDA_VISIBLE_DEVICES={uuid}" in daemon_env.splitlines(), name
+        client = host.run(f"env -i PATH=/usr/bin:/bin $(grep -v '^#' /etc/gpuops/mps/{name}.env | xargs) "
+                          "gpuops-cuda-client --allocate-mib 256")
+        assert client.rc == 0 and "client ok" in client.stdout, client.stderr

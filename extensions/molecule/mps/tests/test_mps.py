@@ -9,12 +9,11 @@ def control(host, instance, command):
     return host.run("echo %s | CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps/%s nvidia-cuda-mps-control" % (command, instance))
 
 
-def mig_uuids(host):
+def mig_devices(host):
+    """[(the per-MIG-device daemon's name, the MIG UUID)] of GPU 1's MIG devices."""
     state = json.loads(host.file(STATE).content_string)
-    uuids = []
-    for gi in state["gpus"][1]["gpu_instances"]:
-        uuids.extend(ci["uuid"] for ci in gi["compute_instances"])
-    return uuids
+    return [("gpu1-slice%d-1g.10gb" % gi["start"], ci["uuid"])
+            for gi in state["gpus"][1]["gpu_instances"] for ci in gi["compute_instances"]]
 
 
 def test_shared_instance_runs_with_its_defaults(host):
@@ -65,8 +64,8 @@ def test_a_client_runs_with_only_the_env_file_on_a_two_gpu_node(host):
 
 
 def test_each_mig_device_daemon_serves_its_client(host):
-    for uuid in mig_uuids(host):
-        ok = client(host, uuid)
+    for name, uuid in mig_devices(host):
+        ok = client(host, name)
         assert ok.rc == 0 and uuid in ok.stdout, ok.stderr
 
 
@@ -81,12 +80,13 @@ def test_an_instance_selected_by_pci_bus_id_resolves_on_the_node(host):
 
 
 def test_one_daemon_per_mig_device(host):
-    uuids = mig_uuids(host)
-    assert len(uuids) == 2
-    for uuid in uuids:
-        assert host.service("gpuops-mps@%s.service" % uuid).is_running
-        assert control(host, uuid, "get_server_list").rc == 0
-        assert host.file("/etc/gpuops/mps/%s.env" % uuid).exists
+    """Named by where the MIG device sits (its UUID changes whenever the instance is re-created)."""
+    devices = mig_devices(host)
+    assert len(devices) == 2
+    for name, uuid in devices:
+        assert host.service("gpuops-mps@%s.service" % name).is_running
+        assert control(host, name, "get_server_list").rc == 0
+        assert "CUDA_VISIBLE_DEVICES=%s\n" % uuid in host.file("/etc/gpuops/mps/%s.env" % name).content_string
 
 
 def test_removed_instance_is_gone(host):
