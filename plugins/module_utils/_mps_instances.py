@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
 import re
 
@@ -49,13 +50,17 @@ PLAN_SPEC = {
     "log_root": {"type": "path", "default": "/var/log/nvidia-mps"},
     "binary": {"type": "path", "default": "/usr/bin/nvidia-cuda-mps-control"},
     "timeout": {"type": "int", "default": 30},
+    "config_dir": {"type": "path"},
+    "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
 }
+MANAGED = "# Managed by gpuops.nvidia (mps role, nvidia_mps_instances): changes here are overwritten.\n"
 _DEFAULTABLE = sorted(set(DAEMON_SPEC) - {"devices", "device_filter"})
 
 
-def plan(params, run, nvml_factory=NvmlSession):
-    """{"instances": [{name, config, devices, client_environment, running, restart_needed, drift}]}.
+def plan(params, run, nvml_factory=NvmlSession, check_mode=False):
+    """{"instances": [{name, config, devices, client_environment, running, restart_needed, drift, written}]}.
 
+    With `config_dir`, also writes each instance's files (see write_files); otherwise changes nothing.
     Raises GpuopsError (kind invalid_argument or invalid_selection) listing every problem found.
     """
     params = check_options(PLAN_SPEC, params)
@@ -132,8 +137,60 @@ def plan(params, run, nvml_factory=NvmlSession):
         drift = daemon.start_drift(devices) if running else []
         instances.append({"name": name, "config": config, "devices": devices,
                           "client_environment": client_environment(config, devices),
-                          "running": running, "restart_needed": bool(drift), "drift": drift})
-    return {"changed": False, "instances": instances}
+                          "running": running, "restart_needed": bool(drift), "drift": drift, "written": []})
+    result = {"changed": False, "instances": instances}
+    if params["config_dir"]:
+        diff = write_files(instances, params["config_dir"], params["unit_dir"], check_mode)
+        result.update(changed=bool(diff), diff=diff)
+    return result
+
+
+def instance_files(instance, config_dir, unit_dir):
+    """{what: (path, content)} of the files the systemd unit gpuops-mps@<name> reads: `settings` (the desired
+    state its helper runs), `dropin` (User=, Group=) and `environment` (the client environment file)."""
+    name, config = instance["name"], instance["config"]
+    user = config.get("user") or "root"
+    env_path = os.path.join(config_dir, name + ".env")
+    environment = "".join("%s=%s\n" % item for item in sorted(instance["client_environment"].items()))
+    return {
+        "settings": (os.path.join(config_dir, "daemon", name + ".json"),
+                     json.dumps(config, indent=4, sort_keys=True) + "\n"),
+        "dropin": (os.path.join(unit_dir, "gpuops-mps@%s.service.d" % name, "10-gpuops.conf"),
+                   MANAGED + "[Service]\nUser=%s\nGroup=%s\n" % (user, config.get("group") or user)),
+        "environment": (env_path, MANAGED + (
+            "# Client environment of MPS instance %s, exactly as the nvidia_mps engine computes it: source it in\n"
+            "# Slurm jobs, notebooks or containers (`set -a; . %s; set +a`). CUDA_VISIBLE_DEVICES names the\n"
+            "# daemon's devices (brought up to date at every start of the daemon): without it a client sees every\n"
+            "# GPU of the node and CUDA fails when the daemon serves fewer.\n" % (name, env_path)) + environment),
+    }
+
+
+def write_files(instances, config_dir, unit_dir, check_mode):
+    """Write the files of every instance whose content differs (atomically, root-owned, 0644; directories
+    0755); records what changed in each instance's `written`. Returns the diff (one entry per file changed)."""
+    diff = []
+    for instance in instances:
+        for what, (path, content) in sorted(instance_files(instance, config_dir, unit_dir).items()):
+            try:
+                with open(path) as handle:
+                    before = handle.read()
+            except (IOError, OSError):
+                before = None
+            if before == content:
+                continue
+            instance["written"].append(what)
+            diff.append({"before_header": path, "after_header": path, "before": before or "", "after": content})
+            if check_mode:
+                continue
+            directory = os.path.dirname(path)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, 0o755)
+            tmp = path + ".gpuops-tmp"
+            with open(tmp, "w") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, path)
+    return diff
 
 
 def _generated(params, nvml_factory):

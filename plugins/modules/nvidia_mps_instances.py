@@ -11,7 +11,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: nvidia_mps_instances
-short_description: Plan and validate a set of NVIDIA MPS control daemons on a node, changing nothing
+short_description: Plan, validate and write the settings of a set of NVIDIA MPS control daemons on a node
 version_added: 0.1.0
 description:
   - Expands named MPS daemons, one daemon per GPU not in MIG mode (O(per_gpu)) and one per MIG device
@@ -23,7 +23,10 @@ description:
   - Returns, per instance, the validated desired state (the options of M(gpuops.nvidia.nvidia_mps)) that the
     C(gpuops.nvidia.mps) role writes for its systemd helper, the client environment, and whether a running daemon
     was started with different start-time settings (so needs a restart).
-  - Read-only; never reports a change.
+  - Without O(config_dir) it is read-only and never reports a change (the C(gpuops.nvidia.mps) role's preflight).
+  - With O(config_dir) it also writes, in one run, every instance's files for the C(gpuops-mps@.service) template
+    unit, where their content differs, and reports per instance what it wrote (RV(instances[].written)) so that the
+    role restarts or reloads only those daemons; it starts or stops nothing.
 author:
   - gpuops.nvidia contributors (@gpuops)
 requirements:
@@ -31,10 +34,10 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Runs the same in check mode; it never changes anything.
+    description: In check mode it reports the files it would write, and writes none.
   diff_mode:
-    support: none
-    description: It changes nothing, so there is nothing to show.
+    support: full
+    description: Each file written (or to be written) with its content before and after.
   platform:
     support: full
     platforms: posix
@@ -85,6 +88,18 @@ options:
     description: Seconds the daemons' helper waits for a start or a stop, written into each desired state.
     type: int
     default: 30
+  config_dir:
+    description:
+      - When set, write each instance's files where their content differs (root-owned, mode 0644; directories
+        created 0755) - C(<config_dir>/daemon/<name>.json), the validated desired state the unit's helper runs;
+        C(<config_dir>/<name>.env), the client environment; and the drop-in
+        C(<unit_dir>/gpuops-mps@<name>.service.d/10-gpuops.conf) with the daemon's C(User=) and C(Group=).
+      - Unset, nothing is written.
+    type: path
+  unit_dir:
+    description: Where the drop-ins go (with O(config_dir)).
+    type: path
+    default: /etc/systemd/system
 seealso:
   - module: gpuops.nvidia.nvidia_mps
 """
@@ -99,6 +114,17 @@ EXAMPLES = r"""
     per_mig_device: true
     defaults: {user: root, group: root, compute_mode: exclusive_process}
   register: mps_plan
+
+- name: Write the daemons' settings, client environments and drop-ins in one run
+  gpuops.nvidia.nvidia_mps_instances:
+    instances:
+      - name: shared
+        devices: ["0000:18:00.0"]
+        default_device_pinned_mem_limit: {0: 20G}
+    per_mig_device: true
+    defaults: {user: root, group: root, compute_mode: exclusive_process}
+    config_dir: /etc/gpuops/mps
+  register: mps_written
 """
 
 RETURN = r"""
@@ -131,6 +157,13 @@ instances:
       description: What differs, when restart_needed.
       type: list
       elements: str
+    written:
+      description:
+        - With O(config_dir), which of the instance's files were written (or would be, in check mode) -
+          V(settings) (its desired state; a reload applies changed defaults), V(dropin) (user or group; needs a
+          restart) and V(environment) (the client environment file).
+      type: list
+      elements: str
   sample: [{"name": "shared", "running": false, "restart_needed": false, "drift": [],
             "client_environment": {"CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps/shared",
                                    "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps/shared",
@@ -159,7 +192,7 @@ def main():
     def run(argv, env=None, data=None):
         return module.run_command(argv, data=data, binary_data=True, environ_update=env or {}, check_rc=False)
 
-    finish(module, lambda: plan(module.params, run))
+    finish(module, lambda: plan(module.params, run, check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
+import os
+
 import pytest
 
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_mps_instances
@@ -133,3 +136,54 @@ def test_unknown_default_is_refused(sim, run, tmp_path):
     sim.create("h100-80gb:1")
     result = plan(run, tmp_path, defaults=dict(ROLE_DEFAULTS, devices=[0]))
     assert result.failed and "defaults: unknown option(s) devices" in result["msg"]
+
+
+def write(run, tmp_path, check_mode=False, **params):
+    params.setdefault("defaults", ROLE_DEFAULTS)
+    params.setdefault("pipe_root", str(tmp_path / "run"))
+    params.setdefault("log_root", str(tmp_path / "log"))
+    params.setdefault("binary", "/nonexistent/nvidia-cuda-mps-control")
+    params.update(config_dir=str(tmp_path / "etc"), unit_dir=str(tmp_path / "units"))
+    return run(nvidia_mps_instances, params, check_mode=check_mode, diff=True)
+
+
+def test_config_dir_writes_every_instances_files_once_and_says_what_changed(sim, run, tmp_path):
+    sim.create("h100-80gb:2")
+    sim.make_mig_device(1)
+    instances = [{"name": "shared", "devices": [0], "default_active_thread_percentage": 50}]
+    preview = write(run, tmp_path, check_mode=True, instances=instances, per_mig_device=True)
+    assert preview["changed"] and not (tmp_path / "etc").exists() and not (tmp_path / "units").exists()
+    assert len(preview["diff"]) == 6 and all(d["before"] == "" for d in preview["diff"])
+
+    first = write(run, tmp_path, instances=instances, per_mig_device=True)
+    assert first["changed"], first
+    assert [sorted(i["written"]) for i in first["instances"]] == [["dropin", "environment", "settings"]] * 2
+    names = [i["name"] for i in first["instances"]]
+    assert names[0] == "shared" and names[1].startswith("gpu1-slice")
+    settings = json.loads((tmp_path / "etc" / "daemon" / "shared.json").read_text())
+    assert settings == first["instances"][0]["config"] and settings["default_active_thread_percentage"] == 50
+    env = (tmp_path / "etc" / "shared.env").read_text()
+    assert "CUDA_VISIBLE_DEVICES=%s\n" % sim.gpu(0)["uuid"] in env and env.startswith("# Managed by gpuops.nvidia")
+    dropin = tmp_path / "units" / "gpuops-mps@shared.service.d" / "10-gpuops.conf"
+    assert dropin.read_text().endswith("[Service]\nUser=root\nGroup=root\n")
+    assert oct(os.stat(str(dropin)).st_mode & 0o777) == "0o644"
+
+    again = write(run, tmp_path, instances=instances, per_mig_device=True)
+    assert not again["changed"] and [i["written"] for i in again["instances"]] == [[], []]
+    assert "diff" not in again or again["diff"] == []
+
+    # A default changes the desired state (a reload applies it) and the client environment; a user the drop-in.
+    changed = write(run, tmp_path, instances=[dict(instances[0], default_active_thread_percentage=25, user="nobody",
+                                                   group="nogroup")], per_mig_device=True)
+    assert [sorted(i["written"]) for i in changed["instances"]] == [["dropin", "environment", "settings"], []]
+    assert dropin.read_text().endswith("[Service]\nUser=nobody\nGroup=nogroup\n")
+    (diff_settings,) = [d for d in changed["diff"] if d["after_header"].endswith("shared.json")]
+    assert '"default_active_thread_percentage": 50' in diff_settings["before"]
+    assert '"default_active_thread_percentage": 25' in diff_settings["after"]
+
+
+def test_refused_input_writes_nothing(sim, run, tmp_path):
+    sim.create("h100-80gb:1")
+    result = write(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "b", "devices": [7]}])
+    assert result.failed and "nothing was changed" in result["msg"]
+    assert not (tmp_path / "etc").exists()
