@@ -18,9 +18,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import base64
 import html
-import json
 import os
 import re
 
@@ -350,39 +348,6 @@ def asked(desired):
     return lines
 
 
-# -- what the playbook reads ---------------------------------------------------------------------------------
-
-def mps_items(plan, stale=None):
-    """The MPS daemons the gather tasks read with nvidia_mps in check mode: the inventory's (from
-    nvidia_mps_instances) and those only on the node (their desired-state JSON, slurped), each as
-    {name, config, in_inventory} with the nulls left out of config (AnsibleModule checks an explicit null
-    against an option's choices)."""
-    items = []
-    plan = _result(plan)
-    if plan is not None and not _failed(plan):
-        for instance in plan.get("instances") or []:
-            items.append({"name": instance["name"], "in_inventory": True, "config": instance.get("config") or {}})
-    for result in _loop_results(stale):
-        content = result.get("content")
-        if not content or _failed(result):
-            continue
-        try:
-            config = json.loads(base64.b64decode(content).decode("utf-8"))
-        except (ValueError, TypeError):
-            continue
-        name = os.path.splitext(os.path.basename(str(result.get("source") or result.get("item") or "")))[0]
-        if isinstance(config, dict) and name:
-            items.append({"name": name, "in_inventory": False, "config": config})
-    for item in items:
-        item["config"] = dict((k, v) for k, v in item["config"].items() if v is not None and not k.startswith("_"))
-    return items
-
-
-def stale_configs(stale):
-    """{name: desired-state dict} of the slurped JSON of daemons only on the node."""
-    return dict((item["name"], item["config"]) for item in mps_items(None, stale))
-
-
 # -- the node model -----------------------------------------------------------------------------------------
 
 def _gpu_row(gpu):
@@ -529,9 +494,8 @@ def _mps_daemons(found, desired, rows, gpus, node_drift):
         name = (item.get("item") or {}).get("name") if isinstance(item.get("item"), dict) else None
         if name:
             checks[name] = item
-    configs = stale_configs(found.get("mps_stale"))
-    configs.update(found.get("mps_configs") or {})
-    on_node = set(found.get("mps_found") or []) | set(configs)
+    configs = dict(found.get("mps_configs") or {})
+    on_node = set(found.get("mps_found") or []) | set(configs) | set(checks)
     files = _result(found.get("mps_files"))
     if files is not None:
         on_node.update(os.path.splitext(os.path.basename(f.get("path", "")))[0] for f in files.get("files") or [])
@@ -1276,7 +1240,6 @@ class FilterModule(object):
     def filters(self):
         return {
             "gpu_report_node": node_model,
-            "gpu_report_mps_items": mps_items,
             "gpu_report_table": text_table,
             "gpu_report_html": html_report,
             "gpu_report_markdown": markdown_report,

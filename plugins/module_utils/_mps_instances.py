@@ -52,6 +52,7 @@ PLAN_SPEC = {
     "timeout": {"type": "int", "default": 30},
     "config_dir": {"type": "path"},
     "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
+    "inspect": {"type": "path"},
 }
 MANAGED = "# Managed by gpuops.nvidia (mps role, nvidia_mps_instances): changes here are overwritten.\n"
 _DEFAULTABLE = sorted(set(DAEMON_SPEC) - {"devices", "device_filter"})
@@ -142,7 +143,47 @@ def plan(params, run, nvml_factory=NvmlSession, check_mode=False):
     if params["config_dir"]:
         diff = write_files(instances, params["config_dir"], params["unit_dir"], check_mode)
         result.update(changed=bool(diff), diff=diff)
+    if params["inspect"]:
+        result["inspected"] = inspect(instances, params["inspect"], run, nvml_factory)
     return result
+
+
+def inspect(instances, config_dir, run, nvml_factory=NvmlSession):
+    """What nvidia_mps in check mode says of every daemon: the planned ones, then those whose desired state is in
+    `<config_dir>/daemon/` but not in the plan. One entry per daemon, shaped like a registered loop result of
+    nvidia_mps: its result (or `failed`, `msg`, `error_kind`) and `item` = {name, in_inventory, config}."""
+    entries = [(i["name"], True, i["config"]) for i in instances]
+    planned = set(i["name"] for i in instances)
+    daemon_dir = os.path.join(config_dir, "daemon")
+    for filename in sorted(os.listdir(daemon_dir)) if os.path.isdir(daemon_dir) else []:
+        name = filename[:-len(".json")]
+        if not filename.endswith(".json") or name in planned:
+            continue
+        try:
+            with open(os.path.join(daemon_dir, filename)) as handle:
+                config = json.load(handle)
+        except (IOError, OSError, ValueError) as exc:
+            config = {"_unreadable": str(exc)}
+        entries.append((name, False, config))
+    inspected = []
+    for name, in_inventory, config in entries:
+        item = {"name": name, "in_inventory": in_inventory, "config": config}
+        try:
+            if "_unreadable" in config:
+                raise GpuopsError("cannot read its desired state: %s" % config["_unreadable"], kind="invalid_argument")
+            settings = dict((k, v) for k, v in config.items() if not k.startswith("_"))
+            settings["state"] = "started"
+            binary = settings.get("binary")
+            daemon = MpsDaemon(settings, run, binary=binary if binary and os.access(binary, os.X_OK) else None,
+                               check_mode=True, nvml_factory=nvml_factory)
+            found = daemon.apply()
+            found.pop("diff", None)
+            found["changed"] = False
+        except GpuopsError as exc:
+            found = dict(exc.payload(), failed=True)
+        found["item"] = item
+        inspected.append(found)
+    return inspected
 
 
 def instance_files(instance, config_dir, unit_dir):

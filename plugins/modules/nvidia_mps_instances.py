@@ -100,6 +100,12 @@ options:
     description: Where the drop-ins go (with O(config_dir)).
     type: path
     default: /etc/systemd/system
+  inspect:
+    description:
+      - The mps role's configuration directory (C(/etc/gpuops/mps)). When set, also report, in RV(inspected), what
+        M(gpuops.nvidia.nvidia_mps) in check mode says of every planned daemon and of every daemon whose desired state
+        is in C(<inspect>/daemon/) but not in the plan - one module run instead of one per daemon (the GPU report).
+    type: path
 seealso:
   - module: gpuops.nvidia.nvidia_mps
 """
@@ -168,6 +174,16 @@ instances:
             "client_environment": {"CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps/shared",
                                    "CUDA_MPS_LOG_DIRECTORY": "/var/log/nvidia-mps/shared",
                                    "CUDA_VISIBLE_DEVICES": "GPU-5b6a2e0c-0d4c-5b6a-8f0e-0e1c2d3b4a59"}}]
+inspected:
+  description:
+    - With O(inspect), one entry per daemon, planned ones first, shaped like a registered loop result of
+      M(gpuops.nvidia.nvidia_mps) in check mode (its return values, or C(failed), C(msg) and C(error_kind)), with
+      C(item) = C({name, in_inventory, config}).
+  returned: success, with O(inspect)
+  type: list
+  elements: dict
+  sample: [{"item": {"name": "shared", "in_inventory": true, "config": {}}, "running": true, "pid": 4242,
+            "servers": [], "defaults": {}, "actions": [], "changed": false}]
 error_kind:
   description:
     - On failure, a stable keyword for the cause, for example V(invalid_argument), V(invalid_selection).

@@ -14,14 +14,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import base64
-import json
 import os
 import shutil
 import signal
 import tempfile
 
-from ansible_collections.gpuops.nvidia.plugins.filter import gpu_report
 from ansible_collections.gpuops.nvidia.plugins.module_utils._host import process_alive
 from ansible_collections.gpuops.nvidia.plugins.module_utils._mps_control import PID_FILE
 from ansible_collections.gpuops.nvidia.plugins.modules import (
@@ -71,6 +68,7 @@ class SlurmNode:
         # A short root: the control's socket path in <pipe_root>/<MIG UUID>/ must fit AF_UNIX's 108 bytes.
         self.pipe_root = tempfile.mkdtemp(prefix="gr", dir="/tmp")
         self.log_root = str(tmp_path / "log-mps")
+        self.config_dir = str(tmp_path / "etc-mps")
         sim.create(gpus)
         self.pipes = []
         self.written = {}
@@ -94,7 +92,8 @@ class SlurmNode:
                                       "persistenced_run_dir": str(self.tmp / "no-persistenced")})
         mig = desired["mig"]
         self._ok(nvidia_mig, {"devices": mig["devices"], "layout": mig["layout"]})
-        plan = self._ok(nvidia_mps_instances, self.plan_args(desired["mps"]))
+        plan = self._ok(nvidia_mps_instances, dict(self.plan_args(desired["mps"]), config_dir=self.config_dir,
+                                                   unit_dir=str(self.tmp / "units")))
         for instance in plan["instances"]:
             self._ok(nvidia_mps, set_options(instance["config"]))
             self.pipes.append(instance["config"]["pipe_directory"])
@@ -113,24 +112,14 @@ class SlurmNode:
             if mig.get("mode"):
                 args["mode"] = mig["mode"]
             found["mig_check"] = self.run(nvidia_mig, args, check_mode=True)
-        # The role's daemon/<name>.json files: what converge() wrote.
-        found["mps_files"] = {"files": [{"path": "/etc/gpuops/mps/daemon/%s.json" % name}
-                                        for name in sorted(self.written)]}
-        plan = {"skipped": True}
-        if desired["mps"].get("enabled"):
-            plan = self.run(nvidia_mps_instances, self.plan_args(desired["mps"]))
-        found["mps_plan"] = plan
-        planned = [i["name"] for i in plan.get("instances") or []]
-        found["mps_stale"] = {"results": [
-            {"item": name, "source": "/etc/gpuops/mps/daemon/%s.json" % name, "encoding": "base64",
-             "content": base64.b64encode(json.dumps(self.written[name]).encode()).decode()}
-            for name in sorted(self.written) if name not in planned]}
-        checks = []
-        for item in gpu_report.mps_items(plan, found["mps_stale"]):
-            result = self.run(nvidia_mps, item["config"], check_mode=True)
-            result["item"] = item
-            checks.append(result)
-        found["mps_checks"] = {"results": checks}
+        # One nvidia_mps_instances run plans the inventory's daemons and inspects them and the daemons whose desired
+        # state converge() wrote to the role's configuration directory.
+        enabled = desired["mps"].get("enabled")
+        plan = self.run(nvidia_mps_instances, dict(self.plan_args(desired["mps"] if enabled else {}),
+                                                   inspect=self.config_dir))
+        found["mps_plan"] = plan if enabled else {"skipped": True}
+        checks = plan.get("inspected") or []
+        found["mps_checks"] = checks
         found["services"] = {}
         for item in [c["item"] for c in checks if c["item"]["name"] in self.written]:  # units the role installed
             pid_file = os.path.join(item["config"]["pipe_directory"], PID_FILE)

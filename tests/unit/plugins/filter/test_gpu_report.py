@@ -8,8 +8,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import base64
-import json
 import re
 
 import pytest
@@ -57,7 +55,7 @@ def info(*gpus):
 
 def test_the_filters_are_registered():
     assert sorted(FilterModule().filters()) == [
-        "gpu_report_html", "gpu_report_markdown", "gpu_report_mps_items", "gpu_report_node", "gpu_report_table"]
+        "gpu_report_html", "gpu_report_markdown", "gpu_report_node", "gpu_report_table"]
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -221,25 +219,6 @@ def test_a_refused_check_is_drift_even_when_the_task_ignored_the_failure():
                                  "mps instance a: bad user"}]
 
 
-def _slurp(name, config):
-    return {"item": name, "source": "/etc/gpuops/mps/daemon/%s.json" % name,
-            "content": base64.b64encode(json.dumps(config).encode()).decode(), "encoding": "base64"}
-
-
-def test_mps_items_from_the_plan_and_from_daemons_only_on_the_node():
-    config = {"pipe_directory": "/run/nvidia-mps/shared", "devices": [6], "default_client_priority": None}
-    plan = {"instances": [{"name": "shared", "config": config}]}
-    stale = {"results": [_slurp("old", {"pipe_directory": "/run/nvidia-mps/old", "user": None}),
-                         {"item": "broken", "failed": True, "msg": "file not found"},
-                         {"skipped": True}]}
-    assert report.mps_items(plan, stale) == [
-        {"name": "shared", "in_inventory": True,
-         "config": {"pipe_directory": "/run/nvidia-mps/shared", "devices": [6]}},
-        {"name": "old", "in_inventory": False, "config": {"pipe_directory": "/run/nvidia-mps/old"}}]
-    assert report.mps_items({"skipped": True}, {"results": []}) == []
-    assert report.mps_items({"failed": False, "error_kind": "invalid_argument", "msg": "x"}, None) == []
-
-
 def _check(name, pid=400, devices=None, servers=None, defaults=None, actions=None, **config):
     config.setdefault("pipe_directory", "/run/nvidia-mps/%s" % name)
     return {"item": {"name": name, "config": config}, "changed": False, "pid": pid, "running": True,
@@ -301,7 +280,7 @@ def test_mps_daemons_their_devices_limits_clients_and_drift():
 def test_mps_off_in_the_inventory_but_daemons_left_on_the_node():
     found = {"gpu_info": info(gpu(0)), "mps_files": {"files": [{"path": "/etc/gpuops/mps/daemon/a.json"}]},
              "services": {"gpuops-mps@a.service": {"state": "running"}},
-             "mps_stale": {"results": [_slurp("a", {"pipe_directory": "/run/nvidia-mps/a", "devices": [0]})]}}
+             "mps_configs": {"a": {"pipe_directory": "/run/nvidia-mps/a", "devices": [0]}}}
     node = report.node_model(found, {"mps": {"enabled": False}})
     assert [(d["name"], d["serves"], d["drift"]) for d in node["mps"]] == \
         [("a", "GPU 0", ["runs but the inventory has MPS off"])]

@@ -187,3 +187,18 @@ def test_refused_input_writes_nothing(sim, run, tmp_path):
     result = write(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "b", "devices": [7]}])
     assert result.failed and "nothing was changed" in result["msg"]
     assert not (tmp_path / "etc").exists()
+
+
+def test_inspect_reports_planned_daemons_and_those_only_on_the_node(sim, run, tmp_path):
+    sim.create("h100-80gb:2")
+    write(run, tmp_path, instances=[{"name": "a", "devices": [0]}, {"name": "old", "devices": [1]}])
+    (tmp_path / "etc" / "daemon" / "broken.json").write_text("{not json")
+    result = plan(run, tmp_path, instances=[{"name": "a", "devices": [0]}], inspect=str(tmp_path / "etc"))
+    assert not result.failed and not result["changed"], result
+    inspected = dict((i["item"]["name"], i) for i in result["inspected"])
+    assert [i["item"]["name"] for i in result["inspected"]] == ["a", "broken", "old"]
+    assert inspected["a"]["item"]["in_inventory"] and not inspected["old"]["item"]["in_inventory"]
+    # the control binary does not exist here: each check fails with the engine's reason, the plan does not
+    assert inspected["a"]["failed"] and inspected["a"]["error_kind"] == "binary_missing"
+    assert inspected["old"]["item"]["config"]["devices"] == [1]
+    assert inspected["broken"]["failed"] and "cannot read its desired state" in inspected["broken"]["msg"]
