@@ -23,7 +23,7 @@ description:
   - Optionally sets the GPUs' compute mode through NVML before the start and restores it when the daemon is
     stopped, recording the original mode in a small state file in the pipe directory.
   - Reports the running MPS servers and their clients.
-  - O(devices) also takes MIG devices, and the daemon then serves those MIG devices: by MIG device UUID (C(MIG-...)),
+  - O(devices) also takes MIG devices, and the daemon then serves those MIG devices, given by MIG device UUID (C(MIG-...)),
     or by placement, C(mig:<GPU>:<GI start>:<CI start>) (the GPU by index, C(GPU-) UUID or PCI bus id; the first
     memory slice of the GPU instance; the first compute slice of the compute instance in it). A MIG UUID is new each
     time the instance is created (a reboot, a layout re-applied at boot); a placement is resolved to the current
