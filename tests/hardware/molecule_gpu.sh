@@ -5,16 +5,23 @@
 #
 # Runs the Molecule scenario `gpu` (non-destructive level) on a host that has only python3 (with nvidia-ml-py) and
 # the NVIDIA driver: Molecule, ansible-core and their dependencies come from wheels carried in .whl/ (see
-# docs/testing.md), no systemd is needed. Evidence: $OUT/gpu-evidence.tgz (the scenario's JSON, the Molecule log,
-# nvidia-smi settings before/after). Exit status: Molecule's, or 1 when the settings differ.
-#   bash tests/hardware/molecule_gpu.sh            # device tool: carry .whl
+# docs/testing.md), no systemd is needed. With .nvshare-src/nvshare-src.tar.gz (a git archive of
+# github.com/grgalex/nvshare, never committed; its sha256 in nvshare-src.tar.gz.sha256) the scenario also builds
+# nvshare with the nvshare role and runs its schedulers with two oversubscribing CUDA clients per GPU
+# (GPUOPS_GPU_NVSHARE_SRC set here; an empty one skips nvshare). Evidence: $OUT/gpu-evidence.tgz (the scenario's
+# JSON, the Molecule log, nvidia-smi settings before/after, nvshare/). Exit status: Molecule's, or 1 when the
+# settings differ.
+#   bash tests/hardware/molecule_gpu.sh            # device tool: carry .whl and .nvshare-src
 FINAL_OUT="${OUT:-/tmp/gpuops-gpu-final}"
 export OUT=/tmp/gpuops-gpu-evidence
 rm -rf "$OUT"
 source "$(dirname "$0")/setup.sh"
 set +e
 GPUOPS_GPU_PYTHON="$(command -v python3)"
-export GPUOPS_GPU_OUT="$EVIDENCE" GPUOPS_GPU_PYTHON PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
+if [ -z "${GPUOPS_GPU_NVSHARE_SRC+set}" ] && [ -s "$GPUOPS_REPO/.nvshare-src/nvshare-src.tar.gz" ]; then
+    GPUOPS_GPU_NVSHARE_SRC="$GPUOPS_REPO/.nvshare-src/nvshare-src.tar.gz"
+fi
+export GPUOPS_GPU_OUT="$EVIDENCE" GPUOPS_GPU_PYTHON GPUOPS_GPU_NVSHARE_SRC="${GPUOPS_GPU_NVSHARE_SRC:-}" PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
 SETTINGS="index,uuid,persistence_mode,compute_mode,mig.mode.current"
 nvidia-smi --query-gpu=$SETTINGS --format=csv >"$EVIDENCE/settings-before.csv"
 nvidia-smi -L >"$EVIDENCE/gpus.txt"
