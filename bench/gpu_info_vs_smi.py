@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) gpuops.nvidia contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -66,7 +65,7 @@ def timed(function):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--smi-fields", default=SMI_FIELDS, help="nvidia-smi --query-gpu fields (default: %(default)s)")
@@ -99,8 +98,8 @@ def main(argv=None):
         print("%-16s %10.2f %10.2f %10.2f" % (name, figure["median_ms"], figure["min_ms"], figure["max_ms"]))
     ratio = figures["engine-all"]["median_ms"] / figures["smi-query"]["median_ms"]
     print("engine-all / smi-query: %.2f (target: <= 1.0)" % ratio)
-    print("engine-process / python-bare: %.2f" % (figures["engine-process"]["median_ms"]
-                                                 / figures["python-bare"]["median_ms"]))
+    startup = figures["engine-process"]["median_ms"] / figures["python-bare"]["median_ms"]
+    print("engine-process / python-bare: %.2f" % startup)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"gpus": gpus, "rounds": args.rounds, "figures": figures}, handle, indent=2, sort_keys=True)

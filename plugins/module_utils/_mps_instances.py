@@ -263,8 +263,8 @@ def _per_mig_device(nvml, gpu):
     for gi in mig_instances(nvml, gpu):
         several = len(gi["compute_instances"]) > 1
         for ci in gi["compute_instances"]:
-            name = "gpu%d-slice%d-%s" % (gpu.index, gi["placement"]["start"], re.sub(r"[^A-Za-z0-9_.-]", "-",
-                                                                                      gi["profile"]))
+            profile = re.sub(r"[^A-Za-z0-9_.-]", "-", gi["profile"])
+            name = "gpu%d-slice%d-%s" % (gpu.index, gi["placement"]["start"], profile)
             if several:
                 name += "-ci%d" % ci["placement"]["start"]
             selector = mig_placement_selector(gpu.uuid, gi["placement"]["start"], ci["placement"]["start"])

@@ -58,10 +58,10 @@ def test_a_converged_slurm_node_is_in_sync(node, sim):
     assert [(g["compute_mode"], g["daemons"]) for g in converged["gpus"][2:]] == \
         [("default", [])] * 4 + [("exclusive_process", ["shared"])] * 2
     daemons = [(d["name"], d["serves"], d["running"], d["limits_label"]) for d in converged["mps"]]
-    labels = ["GPU %d %s (slices %s)" % (i, p, s) for i in (0, 1)
-              for p, s in (("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6"))]
-    names = ["gpu%d-slice%s-%s" % (i, s.split("-")[0], p) for i in (0, 1)
-             for p, s in (("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6"))]
+    devices = [(i, profile, slices) for i in (0, 1)
+               for profile, slices in (("3g.40gb", "0-3"), ("2g.20gb", "4-5"), ("1g.10gb", "6"))]
+    labels = ["GPU %d %s (slices %s)" % device for device in devices]
+    names = ["gpu%d-slice%s-%s" % (i, slices.split("-")[0], profile) for i, profile, slices in devices]
     assert daemons == [(name, label, True, "none") for name, label in zip(names, labels)] + \
         [("shared", "GPUs 6-7", True, "50% SM, 20G/device")]
 

@@ -67,8 +67,6 @@ def _compute_mode(sim, index=0):
     return sim.gpu(index)["compute_mode"]
 
 
-
-
 def with_changes(base, **changes):
     result = dict(base)
     result.update(changes)
