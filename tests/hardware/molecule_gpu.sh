@@ -31,6 +31,9 @@ MOLECULE_GLOB="extensions/molecule/*/molecule.yml" python3 -m molecule --base-co
 status=$?
 echo "molecule test -s gpu: rc=$status in $(( $(date +%s) - start )) s" | tee -a "$EVIDENCE/summary.txt"
 nvidia-smi --query-gpu=$SETTINGS --format=csv >"$EVIDENCE/settings-after.csv"
+free -g >"$EVIDENCE/free.txt" 2>&1
+# the kernel's last words (an OOM kill of a client shows here)
+dmesg 2>/dev/null | tail -n 80 >"$EVIDENCE/dmesg-tail.txt" || true
 if diff -q "$EVIDENCE/settings-before.csv" "$EVIDENCE/settings-after.csv" >/dev/null; then
     echo "GPU settings identical before and after (nvidia-smi)" | tee -a "$EVIDENCE/summary.txt"
 else
