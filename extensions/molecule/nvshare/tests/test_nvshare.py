@@ -125,7 +125,8 @@ def test_removal_leaves_nothing_behind(removed):
     # systemd may keep an instance it no longer has a file for in memory for a while: it must be dead
     units = removed.run("systemctl list-units --all --plain --no-legend 'nvshare-scheduler@*'").stdout.strip()
     assert all(line.split()[1:4] == ["not-found", "inactive", "dead"] for line in units.splitlines()), units
-    assert removed.check_output("pgrep -c -f nvshare-scheduler || true") == "0"
+    # Anchored at argv[0]: an unanchored `pgrep -f` also counts the shell that runs this very command.
+    assert removed.check_output("pgrep -c -f '^[^ ]*nvshare-scheduler' || true") == "0"
     assert "libnvshare" not in removed.check_output("ldconfig -p")
 
 
