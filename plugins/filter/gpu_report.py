@@ -508,6 +508,8 @@ def _mps_daemons(found, desired, rows, gpus, node_drift):
         check = checks.get(name)
         config = (instance or {}).get("config") or configs.get(name) or ((check or {}).get("item") or {}).get("config")
         unit = _service_state(services, MPS_UNIT % name)
+        if unit is None and check is not None and isinstance((check.get("item") or {}).get("unit"), dict):
+            unit = check["item"]["unit"].get("state")  # nvidia_mps_instances' inspect read the unit
         drift = []
         running = None
         pid = None

@@ -62,6 +62,8 @@ class MpsDaemon:
         self.warnings = []
         self.control = MpsControl(binary, self.config["pipe_directory"], self.config["log_directory"], run) \
             if binary else None
+        if self.control is not None and check_mode:
+            self.control.cache = {}  # nothing changes in check mode: each question is asked once
         self.devices = DaemonDevices(self.config, nvml_factory, check_mode, self.actions, self.warnings)
         self.defaults = DaemonDefaults(self.config, self.control, check_mode, self.actions, self._running)
 

@@ -53,12 +53,17 @@ class MpsControl:
         self.pipe_directory = pipe_directory
         self.log_directory = log_directory
         self.run = run
+        # Replies of `get_*` commands by command line, when the caller turned caching on: a check-mode run that
+        # changes nothing asks each question once (the start, the report and the defaults read the same state).
+        self.cache = None
 
     def environment(self):
         return {"CUDA_MPS_PIPE_DIRECTORY": self.pipe_directory, "CUDA_MPS_LOG_DIRECTORY": self.log_directory}
 
     def query(self, line):
         """Send one command; its reply lines. Raises MpsError for every error the daemon reports."""
+        if self.cache is not None and line in self.cache:
+            return list(self.cache[line])
         rc, out, err = self.run([self.binary], env=self.environment(), data=line + "\n")
         out, err = text(out or ""), text(err or "")
         lines = [item.strip() for item in out.splitlines() if item.strip()]
@@ -75,6 +80,8 @@ class MpsControl:
             raise MpsError(lines[0], kind="server_not_found")
         if lines and lines[0].lower().startswith("invalid"):
             raise MpsError("the MPS control daemon rejected `%s`: %s" % (line, lines[0]), kind="rejected")
+        if self.cache is not None and line.startswith("get_"):
+            self.cache[line] = list(lines)
         return lines
 
     def is_running(self):

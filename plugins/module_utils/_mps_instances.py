@@ -140,6 +140,10 @@ def plan(params, run, nvml_factory=NvmlSession, check_mode=False):
                           "client_environment": client_environment(config, devices),
                           "running": running, "restart_needed": bool(drift), "drift": drift, "written": []})
     result = {"changed": False, "instances": instances}
+    if params["config_dir"] or params["inspect"]:
+        units = unit_states(run, [i["name"] for i in instances])
+        for instance in instances:
+            instance["unit"] = units.get(instance["name"])
     if params["config_dir"]:
         diff = write_files(instances, params["config_dir"], params["unit_dir"], check_mode)
         result.update(changed=bool(diff), diff=diff)
@@ -166,8 +170,9 @@ def inspect(instances, config_dir, run, nvml_factory=NvmlSession):
             config = {"_unreadable": str(exc)}
         entries.append((name, False, config))
     inspected = []
+    units = unit_states(run, [entry[0] for entry in entries])
     for name, in_inventory, config in entries:
-        item = {"name": name, "in_inventory": in_inventory, "config": config}
+        item = {"name": name, "in_inventory": in_inventory, "config": config, "unit": units.get(name)}
         try:
             if "_unreadable" in config:
                 raise GpuopsError("cannot read its desired state: %s" % config["_unreadable"], kind="invalid_argument")
@@ -184,6 +189,31 @@ def inspect(instances, config_dir, run, nvml_factory=NvmlSession):
         found["item"] = item
         inspected.append(found)
     return inspected
+
+
+def unit_states(run, names):
+    """{name: {state, active, enabled}} of the units gpuops-mps@<name>.service, from one `systemctl show`; {} where
+    there is no systemd. `state` is service_facts' word: running, failed or stopped."""
+    systemctl = next((path for path in ("/usr/bin/systemctl", "/bin/systemctl") if os.access(path, os.X_OK)), None)
+    if not names or systemctl is None or not os.path.isdir("/run/systemd/system"):
+        return {}
+    rc, out, _err = run([systemctl, "show", "--property=Id,ActiveState,SubState,UnitFileState"]
+                        + ["gpuops-mps@%s.service" % name for name in names])
+    if rc != 0:
+        return {}
+    states = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        unit = props.get("Id", "")
+        if not (unit.startswith("gpuops-mps@") and unit.endswith(".service")):
+            continue
+        active = props.get("ActiveState")
+        states[unit[len("gpuops-mps@"):-len(".service")]] = {
+            "state": "running" if props.get("SubState") == "running" else ("failed" if active == "failed" else "stopped"),
+            "active": active == "active",
+            "enabled": props.get("UnitFileState") == "enabled",
+        }
+    return states
 
 
 def instance_files(instance, config_dir, unit_dir):

@@ -202,3 +202,27 @@ def test_inspect_reports_planned_daemons_and_those_only_on_the_node(sim, run, tm
     assert inspected["a"]["failed"] and inspected["a"]["error_kind"] == "binary_missing"
     assert inspected["old"]["item"]["config"]["devices"] == [1]
     assert inspected["broken"]["failed"] and "cannot read its desired state" in inspected["broken"]["msg"]
+
+
+def test_unit_states_come_from_one_systemctl_show(monkeypatch):
+    from ansible_collections.gpuops.nvidia.plugins.module_utils import _mps_instances  # pylint: disable=import-outside-toplevel
+
+    calls = []
+
+    def fake_run(argv, env=None, data=None):
+        calls.append(argv)
+        return 0, ("Id=gpuops-mps@a.service\nActiveState=active\nSubState=running\nUnitFileState=enabled\n\n"
+                   "Id=gpuops-mps@b.service\nActiveState=failed\nSubState=failed\nUnitFileState=disabled\n\n"
+                   "Id=gpuops-mps@c.service\nActiveState=inactive\nSubState=dead\nUnitFileState=enabled\n"), ""
+
+    monkeypatch.setattr(_mps_instances.os, "access", lambda path, mode: path == "/usr/bin/systemctl")
+    monkeypatch.setattr(_mps_instances.os.path, "isdir", lambda path: path == "/run/systemd/system")
+    states = _mps_instances.unit_states(fake_run, ["a", "b", "c"])
+    assert calls == [["/usr/bin/systemctl", "show", "--property=Id,ActiveState,SubState,UnitFileState",
+                      "gpuops-mps@a.service", "gpuops-mps@b.service", "gpuops-mps@c.service"]]
+    assert states == {"a": {"state": "running", "active": True, "enabled": True},
+                      "b": {"state": "failed", "active": False, "enabled": False},
+                      "c": {"state": "stopped", "active": False, "enabled": True}}
+    assert _mps_instances.unit_states(lambda *a, **k: (1, "", "no"), ["a"]) == {}
+    monkeypatch.setattr(_mps_instances.os.path, "isdir", lambda path: False)
+    assert _mps_instances.unit_states(fake_run, ["a"]) == {} and len(calls) == 1  # no systemd: not even asked
