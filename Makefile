@@ -23,7 +23,9 @@ help:
 	@echo "make changelog - regenerate CHANGELOG.md from changelogs/"
 
 $(BIN)/ansible: requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { echo "installing python3-venv"; rm -rf $(VENV); \
+		apt-get install -y python3-venv || { apt-get update && apt-get install -y python3-venv; }; \
+		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
