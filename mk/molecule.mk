@@ -34,9 +34,9 @@ nspawn-tools:
 	fi
 
 # The scenarios `make test` (CI) runs: those verified green at the end of the last session. driver (real driver
-# packages and DKMS builds, ~20 min: green on its own, not yet in a full timed `make test`) and the others run with
+# packages and DKMS builds, ~20 min: green on its own, not yet in a full timed `make test`) runs with
 # `make molecule-<name>` or `make molecule-all`. `make test MOLECULE_CI_SCENARIOS="mig mps"` runs fewer.
-MOLECULE_CI_SCENARIOS ?= badinput smoke persistenced mig mps nvshare
+MOLECULE_CI_SCENARIOS ?= badinput smoke persistenced mig mps nvshare mig_reconfigure
 
 # The CI scenarios, one after the other; stops at the first failure.
 molecule: venv collection-link nspawn-tools
