@@ -106,15 +106,7 @@ def compute_instance_profiles(session, gpu, gpu_instance):
 def mig_device_uuids(session, gpu):
     """{(gpu_instance_id, compute_instance_id): MIG UUID} for the MIG devices that exist now."""
     uuids = {}
-    for index in range(session.call("nvmlDeviceGetMaxMigDeviceCount", gpu.handle, what="count MIG devices",
-                                    gpu=gpu)):
-        try:
-            handle = session.call("nvmlDeviceGetMigDeviceHandleByIndex", gpu.handle, index,
-                                  what="open MIG device %d" % index, gpu=gpu)
-        except NvmlError as exc:
-            if exc.kind == "not_found":
-                continue
-            raise
+    for handle in session.mig_device_handles(gpu):
         key = (session.call("nvmlDeviceGetGpuInstanceId", handle, what="read a GPU-instance id", gpu=gpu),
                session.call("nvmlDeviceGetComputeInstanceId", handle, what="read a compute-instance id", gpu=gpu))
         uuids[key] = text(session.call("nvmlDeviceGetUUID", handle, what="read a MIG device UUID", gpu=gpu))

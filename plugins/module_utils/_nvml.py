@@ -393,19 +393,24 @@ class NvmlSession:
             entries.append(entry)
         return entries
 
+    def mig_device_handles(self, gpu):
+        """The handles of the MIG devices that exist now on a GPU in MIG mode."""
+        handles = []
+        for position in range(self.call("nvmlDeviceGetMaxMigDeviceCount", gpu.handle, what="count MIG devices",
+                                        gpu=gpu)):
+            try:
+                handles.append(self.call("nvmlDeviceGetMigDeviceHandleByIndex", gpu.handle, position,
+                                         what="open MIG device %d" % position, gpu=gpu))
+            except NvmlError as exc:
+                if exc.kind != "not_found":
+                    raise
+        return handles
+
     def mig_devices(self, gpu):
         """[{uuid, gpu_instance_id, compute_instance_id, gi_start, gi_size, ci_start, ci_size}] of a GPU in MIG
         mode, ordered by placement: the MIG devices that exist now."""
         devices = []
-        for position in range(self.call("nvmlDeviceGetMaxMigDeviceCount", gpu.handle, what="count MIG devices",
-                                        gpu=gpu)):
-            try:
-                handle = self.call("nvmlDeviceGetMigDeviceHandleByIndex", gpu.handle, position,
-                                   what="open MIG device %d" % position, gpu=gpu)
-            except NvmlError as exc:
-                if exc.kind == "not_found":
-                    continue
-                raise
+        for handle in self.mig_device_handles(gpu):
             gi_id = self.call("nvmlDeviceGetGpuInstanceId", handle, what="read a GPU-instance id", gpu=gpu)
             ci_id = self.call("nvmlDeviceGetComputeInstanceId", handle, what="read a compute-instance id", gpu=gpu)
             gi = self.call("nvmlDeviceGetGpuInstanceById", gpu.handle, gi_id, what="open GPU instance %d" % gi_id,
