@@ -10,7 +10,9 @@ option names), `check_request()` its one validator, `inspect()` reads the node a
 * `action`: `skip` (no NVIDIA GPU on the PCI bus and not forced), `nothing_to_do` (the loaded driver is the one
   requested) or `install`;
 * `plan`: repository, packages, hold list and pins from `_driver_packages.select_packages()`;
-* `reboot_required`: the kernel module that the boot kernel would load differs from the loaded one.
+* `reboot_required`: the kernel module that the boot kernel would load differs from the loaded one;
+* `fabric`: with a driver loaded, each GPU's NVLink fabric state as NVML reports it, which explains the fabric
+  manager decision where NVSwitches are not on the node's PCI bus (a VM whose host runs the fabric manager).
 
 Nothing here writes: the role installs with ansible-core's package modules and asks again afterwards.
 """
@@ -23,7 +25,12 @@ import os
 import re
 import sys
 
-from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import argument_spec, check_options, invalid
+from ansible_collections.gpuops.nvidia.plugins.module_utils._contract import (
+    GpuopsError,
+    argument_spec,
+    check_options,
+    invalid,
+)
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_apt import missing_components, read_sources
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware import (
     branch_of,
@@ -34,7 +41,8 @@ from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_hardware imp
     os_release,
     pci_devices,
 )
-from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import nvml_py_version
+from ansible_collections.gpuops.nvidia.plugins.module_utils._gpu_info import fabric_info
+from ansible_collections.gpuops.nvidia.plugins.module_utils._nvml import NvmlSession, nvml_py_version
 from ansible_collections.gpuops.nvidia.plugins.module_utils._driver_packages import (
     default_branch,
     distribution,
@@ -102,6 +110,47 @@ def loaded_matches(request, plan, loaded):
     return True
 
 
+def nvml_fabric(loaded, session_factory=NvmlSession):
+    """Each GPU's NVLink fabric state from NVML ({read, error, gpus: [{bus_id, state, status, clique_id, ...}]}).
+
+    Read only with a driver loaded; never fails: a node without a usable binding or driver says why in `error`.
+    """
+    if not loaded:
+        return {"read": False, "error": "no NVIDIA driver is loaded", "gpus": []}
+    try:
+        with session_factory() as session:
+            gpus = [dict(fabric_info(session, gpu), bus_id=gpu.bus_id) for gpu in session.gpus()]
+    except GpuopsError as exc:
+        return {"read": False, "error": "%s (%s)" % (exc.message, exc.kind), "gpus": []}
+    return {"read": True, "error": None, "gpus": gpus}
+
+
+def fabric_note(request, hardware, fabric):
+    """Why the fabric manager is or is not installed, when there is something to explain; None otherwise."""
+    switches = len(hardware["nvswitches"])
+    if switches:
+        if request["fabricmanager"] == "skip":
+            return ("%d NVSwitches are on the PCI bus but driver_fabricmanager is skip: CUDA fails on these GPUs until "
+                    "a fabric manager of the driver's exact version runs" % switches)
+        return "%d NVSwitches on the PCI bus: nvidia-fabricmanager goes with the driver" % switches
+    states = {}
+    for gpu in fabric["gpus"]:
+        if gpu["supported"]:
+            states.setdefault(gpu["state"], []).append(gpu["bus_id"])
+    if not states:
+        return None
+    what = "; ".join("%s on %s" % (state, ", ".join(bus_ids)) for state, bus_ids in sorted(states.items()))
+    managed = "installed as requested (driver_fabricmanager: install)" if request["fabricmanager"] == "install" \
+        else "not installed here"
+    if set(states) == {"completed"}:
+        return ("NVML reports NVLink fabric state %s, but no NVSwitch is on this node's PCI bus: the fabric is managed "
+                "outside this node (a VM whose host runs the fabric manager); nvidia-fabricmanager is %s"
+                % (what, managed))
+    return ("WARNING: NVML reports NVLink fabric state %s and no NVSwitch is on this node's PCI bus: the fabric "
+            "manager that registers these GPUs runs outside this node (the VM's host) and has not finished; CUDA "
+            "fails on them until it has. nvidia-fabricmanager is %s" % (what, managed))
+
+
 def decide(request, distro, hardware, loaded, installed):
     """action, plan, reboot_required and the message the role shows, from what inspect() read."""
     has_gpu = bool(hardware["gpus"])
@@ -133,7 +182,7 @@ def python_binding():
 
 
 def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", modules_dir="/lib/modules",
-            etc_apt="/etc/apt"):
+            etc_apt="/etc/apt", session_factory=NvmlSession):
     """Read the node and decide; returns the module's result (never changes anything)."""
     request = check_request(params)
     distro = distribution(os_release(os_release_path), os.uname()[4])
@@ -143,6 +192,10 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
     loaded = loaded_driver(request["sysfs_root"])
     installed = installed_driver(kernel_facts, run, modules_dir)
     decision = decide(request, distro, hardware, loaded, installed)
+    fabric = nvml_fabric(loaded, session_factory)
+    note = fabric_note(request, hardware, fabric) if decision["action"] != "skip" else None
+    if note:
+        decision["msg"] = "%s. Fabric manager: %s" % (decision["msg"], note)
     plan = decision["plan"]
     if plan is not None:
         plan["apt_sources"] = (missing_components(read_sources(etc_apt), distro["codename"], plan["components"])
@@ -158,6 +211,7 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
         "loaded": loaded,
         "nouveau_loaded": os.path.isdir(os.path.join(request["sysfs_root"], "module", "nouveau")),
         "installed": installed,
+        "fabric": fabric,
         "action": decision["action"],
         "plan": decision["plan"],
         "reboot_required": decision["reboot_required"],

@@ -179,6 +179,17 @@ installed:
   description: kernel, file and version of the nvidia module the boot kernel would load; null when there is none.
   returned: success
   type: dict
+fabric:
+  description:
+    - With a driver loaded, each GPU's NVLink fabric state as NVML reports it (read with C(nvidia-ml-py) when the
+      Python running the module has it). It explains the fabric manager decision where the GPUs are in a fabric
+      but no NVSwitch is on the node's PCI bus, as in a VM whose host runs the fabric manager. The message then
+      says so, and warns when the state is not V(completed).
+    - read (NVML answered), error (why not, for example no driver loaded or no binding) and gpus, a list of
+      bus_id, supported, state (V(not_supported), V(not_started), V(in_progress), V(completed)), status,
+      status_code, clique_id, cluster_uuid and nvml_error.
+  returned: success
+  type: dict
 plan:
   description:
     - How the distribution installs the request; null when the action is V(skip).

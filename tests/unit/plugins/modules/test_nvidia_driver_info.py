@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.gpuops.nvidia.plugins.module_utils import _driver, _driver_apt, _driver_hardware, _nvml
 from ansible_collections.gpuops.nvidia.plugins.modules import nvidia_driver_info as module
+from gpuops_nvml_sim import state as simstate
 
 
 def write(path, text):
@@ -219,3 +220,70 @@ def test_nvml_session_accepts_the_minimum_and_unknown_versions(monkeypatch, sim)
 
 def test_installed_nvidia_ml_py_is_read_from_its_metadata():
     assert _nvml._version_tuple(_nvml.nvml_py_version()) >= _nvml._version_tuple(_nvml.NVML_PY_MINIMUM)
+
+
+# -- the NVLink fabric, read through NVML when a driver is loaded ---------------------------------------------
+
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.fixture
+def h200_vm(tmp_path, monkeypatch):
+    """Two H200s passed through to a VM: no NVSwitch on its PCI bus, driver 580 loaded."""
+    root = tmp_path / "sys"
+    pci(root, "0000:00:06.0", "0x10de", "0x2335", "0x030200")
+    pci(root, "0000:00:07.0", "0x10de", "0x2335", "0x030200")
+    write(root / "module" / "nvidia" / "version", "580.159.04\n")
+    monkeypatch.setattr(_driver, "os_release", lambda path: {"ID": "ubuntu", "VERSION_ID": "24.04",
+                                                             "VERSION_CODENAME": "noble"})
+    return str(root)
+
+
+def test_a_vm_whose_host_runs_the_fabric_says_why_no_fabric_manager(run, h200_vm, sim):
+    """As on the lent H200 x2 VM: fabric completed, clique 0 and a zero cluster UUID, no NVSwitch on PCI."""
+    sim.create("h200-141gb:2", nvswitch=True)
+    with sim.edit() as data:
+        simstate.set_fabric(data, [0, 1], "completed", clique_id=0, cluster_uuid=ZERO_UUID)
+    result = run(module, {"sysfs_root": h200_vm, "branch": "580"}, check_mode=True)
+    assert not result.failed, result
+    assert result["action"] == "nothing_to_do" and result["nvswitches"] == []
+    assert result["plan"]["fabricmanager_packages"] == [] and result["plan"]["fabricmanager_service"] is None
+    assert result["fabric"]["read"] and result["fabric"]["error"] is None
+    assert [(g["state"], g["status"], g["clique_id"], g["cluster_uuid"]) for g in result["fabric"]["gpus"]] == [
+        ("completed", "success", 0, ZERO_UUID)] * 2
+    assert "NVML reports NVLink fabric state completed on" in result["msg"]
+    assert "managed outside this node" in result["msg"] and "not installed here" in result["msg"]
+    assert "WARNING" not in result["msg"]
+
+
+def test_a_fabric_not_yet_registered_is_a_warning_naming_the_gpus(run, h200_vm, sim):
+    sim.create("h200-141gb:2", nvswitch=True)
+    with sim.edit() as data:
+        simstate.set_fabric(data, [1], "not_started")
+    result = run(module, {"sysfs_root": h200_vm, "branch": "580", "fabricmanager": "install"}, check_mode=True)
+    assert not result.failed, result
+    bus_ids = [g["bus_id"] for g in result["fabric"]["gpus"]]
+    assert result["msg"].count("WARNING") == 1
+    assert "completed on %s; not_started on %s" % (bus_ids[0], bus_ids[1]) in result["msg"]
+    assert "installed as requested (driver_fabricmanager: install)" in result["msg"]
+
+
+def test_gpus_outside_any_fabric_add_nothing_to_the_message(run, h200_vm, sim):
+    sim.create("h200-141gb:2")
+    result = run(module, {"sysfs_root": h200_vm, "branch": "580"}, check_mode=True)
+    assert [g["state"] for g in result["fabric"]["gpus"]] == ["not_supported"] * 2
+    assert "abric" not in result["msg"]
+
+
+def test_fabric_is_not_read_without_a_loaded_driver_or_a_usable_nvml(run, hgx, monkeypatch):
+    monkeypatch.setattr(_driver, "os_release", lambda path: {"ID": "ubuntu", "VERSION_ID": "24.04",
+                                                             "VERSION_CODENAME": "noble"})
+    result = run(module, {"sysfs_root": hgx, "branch": "580"})
+    assert result["fabric"] == {"read": False, "error": "no NVIDIA driver is loaded", "gpus": []}
+    assert "2 NVSwitches on the PCI bus: nvidia-fabricmanager goes with the driver" in result["msg"]
+    write(os.path.join(hgx, "module", "nvidia", "version"), "580.159.04\n")
+    monkeypatch.setattr(_nvml, "nvml_py_version", lambda: "11.525.112")
+    result = run(module, {"sysfs_root": hgx, "branch": "580", "fabricmanager": "skip"})
+    assert not result.failed, result
+    assert not result["fabric"]["read"] and "(pynvml_too_old)" in result["fabric"]["error"]
+    assert "driver_fabricmanager is skip: CUDA fails" in result["msg"]
