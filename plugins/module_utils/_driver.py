@@ -125,11 +125,11 @@ def nvml_fabric(loaded, session_factory=NvmlSession):
     return {"read": True, "error": None, "gpus": gpus}
 
 
-def fabric_note(request, hardware, fabric):
-    """Why the fabric manager is or is not installed, when there is something to explain; None otherwise."""
+def fabric_note(plan, hardware, fabric):
+    """Why the plan has the fabric manager or not, when there is something to explain; None otherwise."""
     switches = len(hardware["nvswitches"])
     if switches:
-        if request["fabricmanager"] == "skip":
+        if not plan["fabricmanager"]:
             return ("%d NVSwitches are on the PCI bus but driver_fabricmanager is skip: CUDA fails on these GPUs until "
                     "a fabric manager of the driver's exact version runs" % switches)
         return "%d NVSwitches on the PCI bus: nvidia-fabricmanager goes with the driver" % switches
@@ -140,8 +140,7 @@ def fabric_note(request, hardware, fabric):
     if not states:
         return None
     what = "; ".join("%s on %s" % (state, ", ".join(bus_ids)) for state, bus_ids in sorted(states.items()))
-    managed = "installed as requested (driver_fabricmanager: install)" if request["fabricmanager"] == "install" \
-        else "not installed here"
+    managed = "installed as requested (driver_fabricmanager: install)" if plan["fabricmanager"] else "not installed here"
     if set(states) == {"completed"}:
         return ("NVML reports NVLink fabric state %s, but no NVSwitch is on this node's PCI bus: the fabric is managed "
                 "outside this node (a VM whose host runs the fabric manager); nvidia-fabricmanager is %s"
@@ -193,7 +192,7 @@ def inspect(params, run, os_release_path="/etc/os-release", boot_dir="/boot", mo
     installed = installed_driver(kernel_facts, run, modules_dir)
     decision = decide(request, distro, hardware, loaded, installed)
     fabric = nvml_fabric(loaded, session_factory)
-    note = fabric_note(request, hardware, fabric) if decision["action"] != "skip" else None
+    note = fabric_note(decision["plan"], hardware, fabric) if decision["plan"] is not None else None
     if note:
         decision["msg"] = "%s. Fabric manager: %s" % (decision["msg"], note)
     plan = decision["plan"]
